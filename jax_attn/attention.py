@@ -1,0 +1,134 @@
+"""One einsum attention core and the two attention layers built on it.
+
+Layout follows Flax: ``[batch..., length, heads, head_dim]``. The SAGAN layer is
+the one-head case of the same core, so both models share every line of the math.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
+SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
+
+
+def attention_scale(mode: str, head_dim: int) -> float:
+  """Multiplier for the scores: 1/sqrt(d) (default), 1/d (reference ViT) or 1 (SAGAN)."""
+  if mode == "inv_sqrt_dim":
+    return 1.0 / math.sqrt(head_dim)
+  if mode == "inv_dim":
+    return 1.0 / head_dim
+  if mode == "none":
+    return 1.0
+  raise ValueError(f"attention scale {mode!r} is unknown: use one of {SCALE_MODES}")
+
+
+def einsum_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    scale: float,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """softmax(q k^T * scale) v with the softmax in float32.
+
+  Args:
+    query: ``[..., q_len, heads, d]``; key: ``[..., kv_len, heads, d]``;
+      value: ``[..., kv_len, heads, dv]`` (dv may differ from d, as in SAGAN).
+    scale: multiplier applied to the raw scores.
+    dropout_rate: dropout on the attention weights (needs ``dropout_rng``).
+
+  Returns:
+    ``(out [..., q_len, heads, dv], weights [..., heads, q_len, kv_len])``; the
+    weights are the float32 softmax (before dropout), rows summing to one.
+  """
+  chex.assert_equal_shape_prefix((query, key, value), query.ndim - 3)
+  chex.assert_equal(query.shape[-1], key.shape[-1])
+  scores = jnp.einsum("...qhd,...khd->...hqk", query, key,
+                      preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(scores, axis=-1)
+  used = weights
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, used.shape)
+    used = jnp.where(keep, used / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum("...hqk,...khd->...qhd", used.astype(value.dtype), value)
+  return out, weights
+
+
+class SelfAttention2D(nn.Module):
+  """SAGAN self-attention over all H*W positions: ``gamma * attn(x) + x``.
+
+  Query/key are 1x1 convolutions to C//8 channels, value a 1x1 convolution to C
+  channels; gamma is a learned scalar starting at 0, so the layer starts as the
+  identity. The attention weights ``(B, HW, HW)`` are sown as
+  ``intermediates/attention_weights``.
+  """
+  scale: ScaleMode = "none"
+  reduction: int = 8
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    chex.assert_rank(x, 4)
+    batch, height, width, channels = x.shape
+    qk_channels = channels // self.reduction
+    if qk_channels < 1:
+      raise ValueError(
+          f"SelfAttention2D needs at least {self.reduction} channels for its "
+          f"C//{self.reduction} query/key, got {channels}")
+    conv1x1 = lambda features, name: nn.Conv(  # noqa: E731
+        features, (1, 1), dtype=self.dtype, name=name)
+    positions = height * width
+    query = conv1x1(qk_channels, "query")(x).reshape(batch, positions, 1, qk_channels)
+    key = conv1x1(qk_channels, "key")(x).reshape(batch, positions, 1, qk_channels)
+    value = conv1x1(channels, "value")(x).reshape(batch, positions, 1, channels)
+    out, weights = einsum_attention(
+        query, key, value, scale=attention_scale(self.scale, qk_channels))
+    self.sow("intermediates", "attention_weights", weights[:, 0])
+    gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+    out = out.reshape(batch, height, width, channels)
+    return (gamma.astype(out.dtype) * out + x).astype(x.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """Multi-head self-attention with separate q/k/v projections and an output one.
+
+  Attention weights ``(B, heads, N, N)`` are sown as
+  ``intermediates/attention_weights``.
+  """
+  num_heads: int
+  scale: ScaleMode = "inv_sqrt_dim"
+  attention_dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    chex.assert_rank(x, 3)
+    batch, length, dim = x.shape
+    if self.num_heads < 1 or dim % self.num_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be positive and divide the model "
+          f"dimension {dim}")
+    head_dim = dim // self.num_heads
+
+    def project(name: str) -> jax.Array:
+      y = nn.Dense(dim, dtype=self.dtype, name=name)(x)
+      return y.reshape(batch, length, self.num_heads, head_dim)
+
+    dropout_rng = None
+    if self.attention_dropout_rate > 0.0 and not deterministic:
+      dropout_rng = self.make_rng("dropout")
+    out, weights = einsum_attention(
+        project("query"), project("key"), project("value"),
+        scale=attention_scale(self.scale, head_dim),
+        dropout_rate=self.attention_dropout_rate, dropout_rng=dropout_rng)
+    self.sow("intermediates", "attention_weights", weights)
+    out = out.reshape(batch, length, dim)
+    return nn.Dense(dim, dtype=self.dtype, name="out")(out)

@@ -1,0 +1,63 @@
+"""Model registry: one place where the CLI, recipes and tests get their models."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_attn.sa_cnn import SACNN
+from jax_attn.vit import ViT
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"sa_cnn": SACNN, "vit": ViT}
+
+# Hyper-parameters of each named preset; the module defaults are the 'seed' ones.
+PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
+    "sa_cnn": {
+        "seed": {},
+        # Small enough for unit tests and CI on a CPU (8x8 or 16x16 images).
+        "tiny": {"widths": (8, 16), "attention_stages": (0, 1)},
+    },
+    "vit": {
+        "seed": {},
+        "tiny": {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "mlp_dim": 32, "depth": 1},
+    },
+}
+
+
+def model_config(name: str, preset: str = "seed", **overrides: Any) -> dict[str, Any]:
+  """The resolved keyword arguments of a preset, with ``overrides`` applied."""
+  if name not in MODEL_CLASSES:
+    raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODEL_CLASSES)}")
+  if preset not in PRESETS[name]:
+    raise ValueError(
+        f"unknown preset {preset!r} for model {name!r}: choose one of {sorted(PRESETS[name])}")
+  config = dict(PRESETS[name][preset])
+  config.update(overrides)
+  return config
+
+
+def get_model(name: str, preset: str = "seed", **overrides: Any) -> nn.Module:
+  """Builds a model, e.g. ``get_model('sa_cnn', preset='seed', num_classes=10)``."""
+  config = model_config(name, preset, **overrides)
+  return MODEL_CLASSES[name](**config)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, int, int]
+                   ) -> dict[str, Any]:
+  """Initialises all variable collections from a dummy batch of one image."""
+  variables = model.init({"params": rng}, jnp.zeros((1,) + tuple(image_shape)), train=False)
+  return {k: v for k, v in variables.items() if k != "intermediates"}
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree (what the reference counts)."""
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def param_shapes(model: nn.Module, image_shape: tuple[int, int, int]) -> Any:
+  """Parameter shapes without allocating anything (``jax.eval_shape``)."""
+  shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+  return shapes["params"]

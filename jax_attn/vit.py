@@ -1,0 +1,139 @@
+"""Vision Transformer: patch embedding, <class> token, position embeddings, encoder blocks."""
+from __future__ import annotations
+
+from typing import Literal
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_attn.attention import MultiHeadSelfAttention, ScaleMode
+
+# torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
+LAYER_NORM_EPSILON = 1e-5
+
+
+class AddClassToken(nn.Module):
+  """Prepends a learned ``<class>`` token to the token sequence."""
+  init_std: float = 1.0
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    batch, _, dim = tokens.shape
+    token = self.param("class_token", nn.initializers.normal(self.init_std), (1, 1, dim))
+    token = jnp.broadcast_to(token.astype(tokens.dtype), (batch, 1, dim))
+    return jnp.concatenate([token, tokens], axis=1)
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds learned position embeddings, one per token (class token included)."""
+  init_std: float = 1.0
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    shape = (1,) + tokens.shape[1:]
+    embedding = self.param("pos_embedding", nn.initializers.normal(self.init_std), shape)
+    return tokens + embedding.astype(tokens.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> ReLU -> Dense, as in the reference encoder's feed-forward."""
+  mlp_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.relu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="dense1")(x))
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name="dense2")(y)
+
+
+class Encoder1DBlock(nn.Module):
+  """Transformer encoder block, post-norm (reference) or pre-norm.
+
+  post: ``x = LN(x + drop(MHSA(x))); x = LN(x + drop(MLP(x)))``
+  pre:  ``x = x + drop(MHSA(LN(x))); x = x + drop(MLP(LN(x)))``
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  attention_scale: ScaleMode = "inv_dim"
+  norm_position: Literal["post", "pre"] = "post"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    norm1 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="norm1")
+    norm2 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="norm2")
+    attention = MultiHeadSelfAttention(
+        self.num_heads, scale=self.attention_scale,
+        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        name="attention")
+    mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    if self.norm_position == "pre":
+      x = x + drop(attention(norm1(x), deterministic=not train))
+      return x + drop(mlp(norm2(x)))
+    x = norm1(x + drop(attention(x, deterministic=not train)))
+    return norm2(x + drop(mlp(x)))
+
+
+class ViT(nn.Module):
+  """ViT classifier; the defaults are the reference notebook's (497,930 parameters).
+
+  Returns logits (the reference returns log_softmax: same loss, same argmax).
+  """
+  num_classes: int = 10
+  patch_size: int = 16
+  hidden_dim: int = 128
+  num_heads: int = 8
+  mlp_dim: int = 256
+  depth: int = 3
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  attention_scale: ScaleMode = "inv_dim"
+  norm_position: Literal["post", "pre"] = "post"
+  pooling: Literal["class", "mean"] = "class"
+  token_init_std: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+
+  def _check(self, height: int, width: int) -> None:
+    for name in ("num_classes", "patch_size", "hidden_dim", "num_heads", "mlp_dim", "depth"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ViT {name} must be positive, got {getattr(self, name)}")
+    if height % self.patch_size or width % self.patch_size:
+      raise ValueError(
+          f"image size {height}x{width} is not divisible by patch size {self.patch_size}")
+    if self.hidden_dim % self.num_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} does not divide hidden_dim={self.hidden_dim}")
+    if self.norm_position not in ("post", "pre") or self.pooling not in ("class", "mean"):
+      raise ValueError(f"unknown norm_position {self.norm_position!r} or pooling {self.pooling!r}")
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    chex.assert_rank(images, 4)
+    batch, height, width, _ = images.shape
+    self._check(height, width)
+    x = nn.Conv(self.hidden_dim, (self.patch_size, self.patch_size),
+                strides=(self.patch_size, self.patch_size), padding="VALID",
+                dtype=self.dtype, name="patch_embedding")(images.astype(self.dtype))
+    num_patches = (height // self.patch_size) * (width // self.patch_size)
+    x = x.reshape(batch, num_patches, self.hidden_dim)
+    x = AddClassToken(self.token_init_std, name="class_token")(x)
+    x = AddPositionEmbs(self.token_init_std, name="pos_embedding")(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    for i in range(self.depth):
+      x = Encoder1DBlock(
+          self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
+          attention_dropout_rate=self.attention_dropout_rate,
+          attention_scale=self.attention_scale, norm_position=self.norm_position,
+          dtype=self.dtype, name=f"encoder_block{i}")(x, train=train)
+    chex.assert_shape(x, (batch, num_patches + 1, self.hidden_dim))
+    if self.norm_position == "pre":
+      x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
+    pooled = x[:, 0] if self.pooling == "class" else jnp.mean(x[:, 1:], axis=1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled)
+    chex.assert_shape(logits, (batch, self.num_classes))
+    return logits.astype(jnp.float32)

@@ -1,0 +1,101 @@
+"""The einsum attention core and both attention layers."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_attn.attention import (MultiHeadSelfAttention, SelfAttention2D, attention_scale,
+                                einsum_attention)
+
+
+def test_core_matches_naive_softmax_attention():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 5, 3, 4)).astype(np.float32) for _ in range(3))
+  out, weights = einsum_attention(q, k, v, scale=0.5)
+  for b in range(2):
+    for h in range(3):
+      s = q[b, :, h] @ k[b, :, h].T * 0.5
+      w = np.exp(s - s.max(-1, keepdims=True))
+      w /= w.sum(-1, keepdims=True)
+      np.testing.assert_allclose(weights[b, h], w, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(out[b, :, h], w @ v[b, :, h], rtol=1e-5, atol=1e-5)
+
+
+def test_scales():
+  assert attention_scale("inv_sqrt_dim", 16) == pytest.approx(0.25)
+  assert attention_scale("inv_dim", 16) == pytest.approx(1 / 16)
+  assert attention_scale("none", 16) == 1.0
+  with pytest.raises(ValueError, match="unknown"):
+    attention_scale("bogus", 16)
+
+
+def test_softmax_is_float32_for_bfloat16_inputs():
+  x = jnp.ones((1, 4, 1, 2), jnp.bfloat16)
+  out, weights = einsum_attention(x, x, x, scale=1.0)
+  assert weights.dtype == jnp.float32 and out.dtype == jnp.bfloat16
+
+
+def _sown(variables_state):
+  (weights,) = jax.tree.leaves(variables_state["intermediates"])
+  return weights
+
+
+class SelfAttention2DTest(chex.TestCase):
+
+  def test_identity_at_init_and_weights_shape(self):
+    x = jax.random.normal(jax.random.key(0), (3, 4, 5, 16))
+    layer = SelfAttention2D()
+    variables = layer.init(jax.random.key(1), x)
+    y, state = layer.apply(variables, x, mutable=["intermediates"])
+    np.testing.assert_array_equal(y, x)
+    weights = _sown(state)
+    chex.assert_shape(weights, (3, 20, 20))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+
+  def test_nonzero_gamma_changes_output(self):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    layer = SelfAttention2D()
+    variables = layer.init(jax.random.key(1), x)
+    variables = {"params": {**variables["params"], "gamma": jnp.float32(0.7)}}
+    assert not np.allclose(layer.apply(variables, x), x)
+
+  def test_too_few_channels(self):
+    with pytest.raises(ValueError, match="at least 8 channels"):
+      SelfAttention2D().init(jax.random.key(0), jnp.ones((1, 4, 4, 4)))
+
+
+class MultiHeadSelfAttentionTest(chex.TestCase):
+
+  def test_weights_rows_sum_to_one(self):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+    layer = MultiHeadSelfAttention(num_heads=4)
+    variables = layer.init(jax.random.key(1), x)
+    y, state = layer.apply(variables, x, mutable=["intermediates"])
+    chex.assert_shape(y, (2, 7, 16))
+    weights = _sown(state)
+    chex.assert_shape(weights, (2, 4, 7, 7))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+
+  def test_permutation_equivariant(self):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    layer = MultiHeadSelfAttention(num_heads=2)
+    variables = layer.init(jax.random.key(1), x)
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    y = layer.apply(variables, x)
+    y_perm = layer.apply(variables, x[:, perm])
+    np.testing.assert_allclose(y_perm, y[:, perm], rtol=1e-5, atol=1e-5)
+
+  def test_heads_must_divide_dim(self):
+    with pytest.raises(ValueError, match="num_heads=3 .* divide .* 16"):
+      MultiHeadSelfAttention(num_heads=3).init(jax.random.key(0), jnp.ones((1, 4, 16)))
+
+  def test_attention_dropout_only_in_training(self):
+    x = jax.random.normal(jax.random.key(0), (1, 6, 8))
+    layer = MultiHeadSelfAttention(num_heads=2, attention_dropout_rate=0.5)
+    variables = layer.init(jax.random.key(1), x)
+    eval_out = layer.apply(variables, x)
+    np.testing.assert_array_equal(eval_out, layer.apply(variables, x))
+    train_out = layer.apply(variables, x, deterministic=False,
+                            rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(train_out, eval_out)

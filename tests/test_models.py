@@ -1,0 +1,80 @@
+"""Both model families: exact seed sizes, shapes, presets and bad configurations."""
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+from absl.testing import parameterized
+
+from jax_attn import models
+
+
+def test_seed_parameter_counts_match_the_reference():
+  assert models.count_params(models.param_shapes(models.get_model("sa_cnn"), (32, 32, 3))) == 520_870
+  assert models.count_params(models.param_shapes(models.get_model("vit"), (32, 32, 3))) == 497_930
+
+
+class OutputShapeTest(chex.TestCase, parameterized.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=("sa_cnn", "vit"), batch=(1, 3, 64), size=(8, 16))
+  def test_logits_shape(self, name, batch, size):
+    model = models.get_model(name, "tiny", num_classes=7)
+    variables = models.init_variables(model, jax.random.key(0), (size, size, 3))
+    images = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
+    logits = self.variant(lambda v, x: model.apply(v, x))(variables, images)
+    chex.assert_shape(logits, (batch, 7))
+    chex.assert_tree_all_finite(logits)
+
+  def test_seed_presets_on_cifar_shape(self):
+    for name in ("sa_cnn", "vit"):
+      model = models.get_model(name)
+      out = jax.eval_shape(lambda: model.init_with_output(
+          jax.random.key(0), jnp.zeros((2, 32, 32, 3)))[0])
+      assert out.shape == (2, 10)
+
+
+def test_vit_dropout_only_when_training():
+  model = models.get_model("vit", "tiny")
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+  a = model.apply(variables, x)
+  b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})
+  assert not jnp.allclose(a, b)
+
+
+def test_vit_sows_class_attention_per_block():
+  model = models.get_model("vit", "tiny", depth=2)
+  x = jnp.ones((3, 8, 8, 3))
+  variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+  _, state = model.apply(variables, x, mutable=["intermediates"])
+  weights = jax.tree.leaves(state["intermediates"])
+  assert len(weights) == 2 and all(w.shape == (3, 2, 5, 5) for w in weights)
+
+
+def test_sa_cnn_batch_norm_pooling_variant():
+  model = models.get_model("sa_cnn", "tiny", norm="batch", pool_stages=(0,), head="gap_dense")
+  variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+  assert "batch_stats" in variables
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (4, 10) and "batch_stats" in updates
+
+
+@pytest.mark.parametrize("name, overrides, image, message", [
+    ("vit", {"patch_size": 5}, 16, "16x16 is not divisible by patch size 5"),
+    ("vit", {"num_heads": 3}, 8, "num_heads=3 does not divide hidden_dim=16"),
+    ("vit", {"hidden_dim": 0}, 8, "hidden_dim must be positive"),
+    ("sa_cnn", {"widths": (8, 0)}, 8, "widths must be positive"),
+    ("sa_cnn", {"attention_stages": (5,)}, 8, "not stage indices"),
+])
+def test_bad_configuration(name, overrides, image, message):
+  model = models.get_model(name, "tiny", **overrides)
+  with pytest.raises(ValueError, match=message):
+    models.init_variables(model, jax.random.key(0), (image, image, 3))
+
+
+def test_unknown_model_and_preset():
+  with pytest.raises(ValueError, match="unknown model 'cnn'"):
+    models.get_model("cnn")
+  with pytest.raises(ValueError, match="unknown preset 'huge'"):
+    models.get_model("vit", "huge")
