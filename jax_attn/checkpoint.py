@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the train state, and the workdir's config guard.
+
+A checkpoint holds plain numpy trees (state dict of the train state plus the
+running sums of the current epoch), so it restores into any parallel layout.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+
+from jax_attn.errors import UserError
+
+# Settings that change the parameters' shapes or meaning: resuming across them is refused.
+ARCHITECTURE_KEYS = ("model", "preset", "model_overrides", "num_classes", "image_size")
+
+
+def check_resumable(workdir: Path, config: dict[str, Any], log: Callable[[str], None]) -> None:
+  """Refuses a workdir whose config.json describes another architecture."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  try:
+    previous = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is unreadable ({e}): move it away or use another --workdir") from None
+  clashes = [f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in ARCHITECTURE_KEYS
+             if json.dumps(previous.get(k)) != json.dumps(config.get(k))]
+  if clashes:
+    raise UserError(f"--workdir={workdir} holds a run of another architecture ({'; '.join(clashes)}):"
+                    " use a new --workdir, or the original settings to resume")
+  changed = sorted(k for k in set(previous) | set(config)
+                   if json.dumps(previous.get(k)) != json.dumps(config.get(k)))
+  if changed:
+    log(f"resuming in {workdir} with changed settings: {', '.join(changed)}")
+
+
+class Checkpointer:
+  """Keeps the last ``keep`` checkpoints under ``directory``; restores the newest good one."""
+
+  def __init__(self, directory: Path, keep: int, log: Callable[[str], None]):
+    if keep < 1:
+      raise UserError(f"--keep_checkpoints={keep} must be at least 1")
+    self._log = log
+    self._manager = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def save(self, step: int, tree: Any) -> None:
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.StandardSave(tree))
+
+  def restore_latest(self, template: Any) -> tuple[int, Any] | None:
+    """Newest checkpoint that restores; older ones are tried (and said) if it is corrupt."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        tree = self._manager.restore(step, args=ocp.args.StandardRestore(template))
+      except Exception as e:  # a damaged checkpoint can fail in many ways
+        failures.append(f"step {step} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        self._log(f"checkpoint at step {step} is unreadable; trying an older one")
+        continue
+      if failures:
+        self._log(f"restored step {step}; left unreadable checkpoints in place: {failures}")
+      return step, tree
+    if failures:
+      raise UserError(f"no checkpoint in {self._manager.directory} can be restored "
+                      f"({'; '.join(failures)}): repair them or use a new --workdir")
+    return None
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

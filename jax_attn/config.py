@@ -1,0 +1,96 @@
+"""Resolved training settings and the named recipes that fill them in.
+
+A recipe gives every setting a value; command-line flags override single ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jax_attn.augment import AugmentConfig
+from jax_attn.datasets import DataConfig
+from jax_attn.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Every setting of a run; written to ``config.json`` in the workdir."""
+  model: str = "sa_cnn"
+  preset: str = "seed"
+  model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  recipe: str = "seed"
+  num_classes: int = 10
+  image_size: int | None = None       # filled from the data when None
+  epochs: int = 10
+  batch_size: int = 64                # global, across all devices and processes
+  learning_rate: float = 1e-3
+  optimizer: str = "adam"
+  schedule: str = "constant"
+  warmup_epochs: float = 0.0
+  weight_decay: float = 0.0
+  momentum: float = 0.9
+  grad_clip_norm: float = 0.0
+  label_smoothing: float = 0.0
+  seed: int = 0
+  parallel: str = "none"
+  dtype: str = "float32"
+  max_steps: int | None = None
+  eval_every_epochs: int = 1
+  checkpoint_every_steps: int = 500
+  keep_checkpoints: int = 3
+  log_every_steps: int = 50
+  augment: AugmentConfig = AugmentConfig()
+  data: DataConfig = DataConfig()
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# The reference notebook's recipe: Adam 1e-3, batch 64, 10 epochs, no augmentation,
+# (x/255 - 0.5)/0.5 normalisation; the model presets hold the architecture.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        "sa_cnn": dict(preset="seed", epochs=10, batch_size=64, learning_rate=1e-3,
+                       optimizer="adam", schedule="constant", augment=AugmentConfig()),
+        "vit": dict(preset="seed", epochs=10, batch_size=64, learning_rate=1e-3,
+                    optimizer="adam", schedule="constant", augment=AugmentConfig()),
+    },
+}
+
+
+def resolve(model: str, recipe: str = "seed", **overrides: Any) -> TrainConfig:
+  """The recipe's settings for ``model`` with the non-None ``overrides`` applied."""
+  if recipe not in RECIPES:
+    raise UserError(f"--recipe={recipe} is unknown: use one of {', '.join(sorted(RECIPES))}")
+  if model not in RECIPES[recipe]:
+    raise UserError(f"--model={model} is unknown: use one of {', '.join(sorted(RECIPES[recipe]))}")
+  settings = dict(RECIPES[recipe][model], model=model, recipe=recipe)
+  augment = dataclasses.asdict(settings.pop("augment"))
+  augment.update({k[len("augment_"):]: v for k, v in overrides.items()
+                  if k.startswith("augment_") and v is not None})
+  settings.update({k: v for k, v in overrides.items()
+                   if not k.startswith("augment_") and v is not None})
+  config = TrainConfig(augment=AugmentConfig(**augment), **settings)
+  _validate(config)
+  return config
+
+
+def _validate(config: TrainConfig) -> None:
+  checks = [
+      (config.epochs >= 1, f"--epochs={config.epochs} must be at least 1"),
+      (config.batch_size >= 1, f"--batch_size={config.batch_size} must be at least 1"),
+      (config.learning_rate > 0, f"--learning_rate={config.learning_rate} must be positive"),
+      (config.max_steps is None or config.max_steps >= 1,
+       f"--max_steps={config.max_steps} must be at least 1"),
+      (config.eval_every_epochs >= 1, f"--eval_every_epochs={config.eval_every_epochs} must be >= 1"),
+      (config.checkpoint_every_steps >= 1,
+       f"--checkpoint_every_steps={config.checkpoint_every_steps} must be >= 1"),
+      (config.log_every_steps >= 1, f"--log_every_steps={config.log_every_steps} must be >= 1"),
+      (0 <= config.label_smoothing < 1, f"--label_smoothing={config.label_smoothing} must be in [0, 1)"),
+      (config.dtype in ("float32", "bfloat16"), f"--dtype={config.dtype}: use float32 or bfloat16"),
+      (config.augment.crop_padding >= 0 and config.augment.cutout >= 0,
+       "--augment_crop_padding and --augment_cutout must be >= 0"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise UserError(message)

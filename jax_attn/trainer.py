@@ -1,0 +1,205 @@
+"""The training loop: data, steps, logging, evaluation, checkpoints and exact resume."""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_attn import checkpoint, datasets, input_pipeline, models, optim
+from jax_attn.config import TrainConfig
+from jax_attn.errors import UserError
+from jax_attn.metrics import MetricsWriter
+from jax_attn.parallel import Parallel
+from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
+
+
+class NonFiniteLossError(UserError):
+  """Training diverged; the last good checkpoint is kept."""
+
+
+def _with_image_size(config: TrainConfig, size: int) -> TrainConfig:
+  return dataclasses.replace(config, image_size=size)
+
+
+class _Run:
+  """The state of one training run: built once, then ``run()``."""
+
+  def __init__(self, config: TrainConfig, workdir: Path):
+    self.config, self.workdir = config, workdir
+    self.writer = MetricsWriter(workdir)
+    self.parallel = Parallel.create(config.parallel, config.batch_size)
+    self.train_split, self.eval_split, self.train_spec, self.eval_spec = datasets.load_train_eval(
+        config.data, config.num_classes, self.writer.log)
+    image_shape = self.train_split.images.shape[1:]
+    if config.image_size not in (None, image_shape[0]):
+      raise UserError(f"--image_size={config.image_size} but the data is {image_shape[0]}px")
+    self.config = config = _with_image_size(config, image_shape[0])
+    checkpoint.check_resumable(workdir, config.to_json(), self.writer.log)
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    self.model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
+                                  dtype=dtype, **config.model_overrides)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(len(self.train_split), config.batch_size)
+    full_run = self.steps_per_epoch * config.epochs
+    self.end_step = min(full_run, config.max_steps or full_run)
+    self.schedule = optim.make_schedule(config.schedule, config.learning_rate, full_run,
+                                        round(config.warmup_epochs * self.steps_per_epoch))
+    tx = optim.make_optimizer(config.optimizer, self.schedule, weight_decay=config.weight_decay,
+                              momentum=config.momentum, grad_clip_norm=config.grad_clip_norm)
+    self.host_state = jax.device_get(create_state(self.model, tx, config.seed, image_shape))
+    self.num_params = models.count_params(self.host_state.params)
+    self.train_step = self.parallel.wrap(
+        make_train_body(self.model, tx, config.augment, config.label_smoothing), donate_state=True)
+    self.eval_step = self.parallel.wrap(make_eval_body(self.model, config.augment),
+                                        donate_state=False)
+    self.checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
+                                                self.writer.log)
+    self.sums = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
+    self.train_wall = 0.0
+    self.images_seen = 0
+
+  # ---------------------------------------------------------------- checkpoints
+  def _checkpoint_tree(self, state: Any) -> dict[str, Any]:
+    return {"state": flax.serialization.to_state_dict(state),
+            "epoch_sums": {k: np.float64(v) for k, v in self.sums.items()}}
+
+  def _restore(self) -> None:
+    restored = self.checkpointer.restore_latest(self._checkpoint_tree(self.host_state))
+    if restored is None:
+      return
+    step, tree = restored
+    self.host_state = flax.serialization.from_state_dict(self.host_state, tree["state"])
+    self.sums = {k: float(v) for k, v in tree["epoch_sums"].items()}
+    self.writer.truncate_after(step)
+    self.writer.log(f"resumed from the checkpoint at step {step} in {self.workdir}")
+
+  def _save(self, state: Any, step: int) -> None:
+    self.checkpointer.save(step, self._checkpoint_tree(self.parallel.to_host(state)))
+
+  # ---------------------------------------------------------------- metrics
+  def _flush(self, pending: list[tuple[int, Any]], interval_start: float, epoch: int) -> None:
+    """Fetches the pending step metrics (one host sync), checks them, logs one record."""
+    if not pending:
+      return
+    values = self.parallel.to_host([m for _, m in pending])
+    for (step, _), metrics in zip(pending, values):
+      if not np.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(
+            f"the training loss became {float(metrics['loss'])} at step {step}: stopping; the last "
+            f"good checkpoint in {self.workdir / 'checkpoints'} is kept. Lower --learning_rate "
+            "or set --grad_clip_norm")
+    batch = self.config.batch_size
+    for metrics in values:
+      self.sums["loss_sum"] += float(metrics["loss"]) * batch
+      self.sums["correct_sum"] += float(metrics["accuracy"]) * batch
+      self.sums["count"] += batch
+    elapsed = time.perf_counter() - interval_start
+    self.train_wall += elapsed
+    self.images_seen += batch * len(values)
+    last_step = pending[-1][0]
+    images_per_sec = batch * len(values) / max(elapsed, 1e-9)
+    loss = float(np.mean([m["loss"] for m in values]))
+    self.writer.write_metrics({
+        "step": last_step, "epoch": epoch + 1, "train_loss": loss,
+        "train_accuracy": float(np.mean([m["accuracy"] for m in values])),
+        "eval_loss": None, "eval_accuracy": None,
+        "learning_rate": float(self.schedule(last_step - 1)),
+        "images_per_sec": images_per_sec, "wall_s": self.train_wall})
+    self.writer.progress(last_step, self.end_step, loss, images_per_sec)
+    pending.clear()
+
+  def _end_epoch(self, state: Any, epoch: int, step: int) -> dict[str, float] | None:
+    count = max(self.sums["count"], 1.0)
+    loss, accuracy = self.sums["loss_sum"] / count, self.sums["correct_sum"] / count
+    last = step >= self.end_step
+    record = {"step": step, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
+              "eval_loss": None, "eval_accuracy": None,
+              "learning_rate": float(self.schedule(step - 1)),
+              "images_per_sec": self.images_seen / max(self.train_wall, 1e-9),
+              "wall_s": self.train_wall}
+    evaluation = None
+    line = f"Loss: {loss:.4f}, Epoch [{epoch + 1}]"
+    if last or (epoch + 1) % self.config.eval_every_epochs == 0:
+      evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
+      record.update(eval_loss=evaluation["eval_loss"], eval_accuracy=evaluation["eval_accuracy"])
+      line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
+    self.writer.write_metrics(record)
+    self.writer.log(line)
+    self.sums = {k: 0.0 for k in self.sums}
+    return evaluation
+
+  # ---------------------------------------------------------------- the loop
+  def run(self) -> dict[str, Any]:
+    config = self.config
+    self._restore()
+    self.writer.write_json("config.json", config.to_json())
+    step = int(self.host_state.step)
+    state = self.parallel.replicate(self.host_state)
+    self.writer.log(
+        f"{config.model} ({config.preset}): {self.num_params:,} parameters; "
+        f"{len(self.train_split)} train examples ({self.train_spec}), {len(self.eval_split)} eval "
+        f"({self.eval_spec}); {self.steps_per_epoch} steps/epoch; {self.parallel.num_devices} "
+        f"{jax.default_backend()} device(s), --parallel={config.parallel}")
+    self.writer.start_progress(self.end_step, step)
+    evaluation = None
+    try:
+      while step < self.end_step:
+        epoch, first = divmod(step, self.steps_per_epoch)
+        pending: list[tuple[int, Any]] = []
+        interval_start = time.perf_counter()
+        batches = input_pipeline.prefetch(input_pipeline.train_batches(
+            self.train_split, seed=config.seed, epoch=epoch, global_batch=config.batch_size,
+            first_step=first), self.parallel.put_batch)
+        for batch in batches:
+          state, metrics = self.train_step(state, batch)
+          step += 1
+          pending.append((step, metrics))
+          epoch_done = step % self.steps_per_epoch == 0
+          save_now = step % config.checkpoint_every_steps == 0
+          if (step % config.log_every_steps == 0 or save_now or epoch_done
+              or step == self.end_step):
+            self._flush(pending, interval_start, epoch)
+            interval_start = time.perf_counter()
+          if epoch_done or step == self.end_step:
+            evaluation = self._end_epoch(state, epoch, step) if epoch_done else None
+            save_now = True
+          if save_now:
+            self._save(state, step)
+          if step == self.end_step:
+            break
+    finally:
+      self.writer.close()
+      self.checkpointer.close()
+    if evaluation is None:
+      evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
+    return self._summary(evaluation, step)
+
+  def _summary(self, evaluation: dict[str, float], step: int) -> dict[str, Any]:
+    config = self.config
+    summary = {
+        "model": config.model, "recipe": config.recipe, "preset": config.preset,
+        "params": self.num_params, "epochs": step / self.steps_per_epoch, "steps": step,
+        "eval_accuracy": evaluation["eval_accuracy"], "eval_loss": evaluation["eval_loss"],
+        "eval_examples": evaluation["eval_count"], "eval_split": self.eval_spec,
+        "train_split": self.train_spec, "train_wall_s": self.train_wall,
+        "train_images_per_sec": self.images_seen / max(self.train_wall, 1e-9),
+        "devices": self.parallel.num_devices, "processes": jax.process_count(),
+        "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+        "dtype": config.dtype, "parallel": config.parallel, "jax_version": jax.__version__,
+        "python": platform.python_version(), "seed": config.seed}
+    self.writer.write_json("summary.json", summary)
+    self.writer.log(f"Accuracy on {self.eval_spec} ({evaluation['eval_count']} images): "
+                    f"{evaluation['eval_accuracy']:.2%}; eval loss {evaluation['eval_loss']:.4f}; "
+                    f"{self.num_params:,} parameters")
+    return summary
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
+  return _Run(config, Path(workdir)).run()
