@@ -6,9 +6,12 @@ running sums of the current epoch), so it restores into any parallel layout.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
 from jax_attn.errors import UserError
@@ -44,6 +47,7 @@ class Checkpointer:
     if keep < 1:
       raise UserError(f"--keep_checkpoints={keep} must be at least 1")
     self._log = log
+    self._directory = directory.absolute()
     self._manager = ocp.CheckpointManager(
         directory.absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -65,12 +69,23 @@ class Checkpointer:
         self._log(f"checkpoint at step {step} is unreadable; trying an older one")
         continue
       if failures:
-        self._log(f"restored step {step}; left unreadable checkpoints in place: {failures}")
+        self._set_aside(steps[:len(failures)])
+        self._log(f"restored step {step}; the unreadable {failures} were moved to "
+                  f"{self._directory.parent / 'unreadable_checkpoints'}")
       return step, tree
     if failures:
       raise UserError(f"no checkpoint in {self._manager.directory} can be restored "
                       f"({'; '.join(failures)}): repair them or use a new --workdir")
     return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints out of the way (never deletes them) so training can redo them."""
+    if jax.process_index() == 0:
+      target = self._directory.parent / "unreadable_checkpoints"
+      target.mkdir(exist_ok=True)
+      for step in steps:
+        shutil.move(str(self._directory / str(step)), str(target / f"{step}-{int(time.time())}"))
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -140,9 +140,9 @@ class ImageFolderSource(Source):
 
 # ----------------------------------------------------------------------------- CIFAR archive
 class _CifarUnpickler(pickle.Unpickler):
-  """Allows only what the official CIFAR-10 pickles hold: dicts, lists, bytes and ndarrays."""
+  """Allows only what CIFAR-10 pickles hold: dicts, lists, bytes and ndarrays (+ latin-1 bytes)."""
   _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy", "ndarray"), ("numpy", "dtype")}
+              ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
   def find_class(self, module: str, name: str):
     if (module, name) not in self._ALLOWED:
@@ -263,17 +263,19 @@ class TfdsSource(Source):
     return self._builder
 
   def splits(self) -> tuple[str, ...]:
-    return tuple(self._tfds_builder().info.splits.keys())
+    # Builders without metadata (e.g. under tfds.testing.mock_data) list no splits.
+    return tuple(self._tfds_builder().info.splits.keys()) or ("train", "test")
 
   def _load(self, name: str, spec: str) -> ArraySplit:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = self._tfds_builder()
-    begin, end = slice_bounds(spec, builder.info.splits[name].num_examples)
-    data = tfds.as_numpy(builder.as_dataset(split=f"{name}[{begin}:{end}]", batch_size=-1,
-                                            as_supervised=True))
-    images, labels = data
-    names = tuple(builder.info.features["label"].names)
-    return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32), names)
+    dataset = builder.as_dataset(split=spec, as_supervised=True).batch(8192)
+    chunks = list(tfds.as_numpy(dataset))
+    if not chunks:
+      raise DataError(f"split {spec!r} of {self.description} selects no examples")
+    images = np.concatenate([c[0] for c in chunks]).astype(np.uint8)
+    labels = np.concatenate([c[1] for c in chunks]).astype(np.int32)
+    return ArraySplit(images, labels, tuple(builder.info.features["label"].names))
 
 
 # ----------------------------------------------------------------------------- choosing

@@ -60,7 +60,10 @@ class Parallel:
     per_device = functools.partial(body, axis_name=AXIS)
     if self.mode == "pmap":
       return jax.pmap(per_device, axis_name=AXIS, donate_argnums=donate)
-    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    # check_vma=False keeps pmap's semantics: gradients of replicated params are per-device
+    # and the body averages them itself (with it on, autodiff would already sum them).
+    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                           check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

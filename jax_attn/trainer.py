@@ -80,7 +80,12 @@ class _Run:
     self.writer.log(f"resumed from the checkpoint at step {step} in {self.workdir}")
 
   def _save(self, state: Any, step: int) -> None:
-    self.checkpointer.save(step, self._checkpoint_tree(self.parallel.to_host(state)))
+    host = self.parallel.to_host(state)
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host.params)):
+      raise NonFiniteLossError(
+          f"the parameters became non-finite by step {step}: stopping; the last good checkpoint "
+          f"in {self.workdir / 'checkpoints'} is kept. Lower --learning_rate or set --grad_clip_norm")
+    self.checkpointer.save(step, self._checkpoint_tree(host))
 
   # ---------------------------------------------------------------- metrics
   def _flush(self, pending: list[tuple[int, Any]], interval_start: float, epoch: int) -> None:

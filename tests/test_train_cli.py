@@ -1,0 +1,82 @@
+"""End-to-end CLI runs on tiny synthetic data: outputs, learning, bad flags, guards."""
+import json
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import TINY
+
+
+def test_trains_and_writes_results(main_cli, tmp_path):
+  out = main_cli(["--model=vit", *TINY, "--epochs=3", "--learning_rate=3e-3",
+                  f"--workdir={tmp_path}"])
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("model", "recipe", "params", "epochs", "steps", "eval_accuracy", "eval_loss",
+              "train_wall_s", "train_images_per_sec", "devices", "backend", "dtype",
+              "parallel", "jax_version"):
+    assert key in summary, key
+  assert summary["model"] == "vit" and summary["steps"] == 3 * 256 // 16
+  assert summary["eval_examples"] == 51  # every eval image counted exactly once (51 = 256 // 5)
+  assert summary["eval_accuracy"] > 0.4, summary  # chance is 0.1
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+  epoch_ends = [r for r in records if r["eval_accuracy"] is not None]
+  assert [r["epoch"] for r in epoch_ends] == [1, 2, 3]
+  assert "Loss:" in out.stdout and "Epoch [3]" in out.stdout
+  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 3e-3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=resnet"], "value should be one of"),
+    (["--learning_rate=-1"], "--learning_rate=-1.0 must be positive"),
+    (["--epochs=0"], "--epochs=0 must be at least 1"),
+    (["--num_cpu_devices=4", "--parallel=pmap", "--batch_size=6"],
+     "--batch_size=6 is not divisible by the 4 devices"),
+    (["--nosynthetic", "--image_folder=/nonexistent"], "--image_folder=/nonexistent does not exist"),
+    (["--cifar_archive=/x"], "choose one data source, not --cifar_archive and --synthetic"),
+    (["--recipe=fancy"], "--recipe=fancy is unknown"),
+])
+def test_bad_flags_fail_with_one_line(main_cli, tmp_path, args, message):
+  base = [a for a in TINY if not any(a.startswith(b.split("=")[0] + "=") for b in args)]
+  result = main_cli([*base, f"--workdir={tmp_path / 'w'}", *args], check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_refuses_to_resume_another_architecture(main_cli, tmp_path):
+  main_cli(["--model=vit", *TINY, "--max_steps=4", f"--workdir={tmp_path}"])
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  result = main_cli(["--model=sa_cnn", *TINY, "--max_steps=4", f"--workdir={tmp_path}"],
+                    check=False)
+  assert result.returncode == 2
+  assert "another architecture" in result.stderr and "model: 'vit' -> 'sa_cnn'" in result.stderr
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_diverging_loss_stops_and_keeps_good_checkpoints(main_cli, tmp_path):
+  result = main_cli(["--model=vit", *TINY, "--optimizer=sgd", "--learning_rate=1e12",
+                     "--checkpoint_every_steps=1", f"--workdir={tmp_path}"], check=False)
+  assert result.returncode == 2, result.stderr
+  assert "non-finite" in result.stderr or "loss became" in result.stderr
+  assert "at step" in result.stderr or "by step" in result.stderr
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+  for step in manager.all_steps():
+    tree = manager.restore(step)
+    leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(tree["state"]["params"])]
+    assert all(np.all(np.isfinite(x)) for x in leaves), step
+
+
+def test_unreadable_latest_checkpoint_falls_back(main_cli, tmp_path):
+  args = ["--model=vit", *TINY, "--epochs=2", f"--workdir={tmp_path}"]
+  main_cli(args)
+  latest = tmp_path / "checkpoints" / "32"
+  for path in latest.rglob("*"):
+    if path.is_file() and "manifest" in path.name or path.suffix == "" and path.is_file():
+      path.write_bytes(b"garbage")
+  result = main_cli(args)
+  assert "unreadable" in result.stdout
+  assert list((tmp_path / "unreadable_checkpoints").iterdir())  # moved aside, not deleted
+  assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 32
