@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jax_attn import augment, optim, parallel
+from jax_attn import augment, distributed, optim, parallel
 from jax_attn.datasets import DataConfig
 from jax_attn.errors import UserError
 
@@ -38,6 +38,10 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", None, "Evaluate every N 
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", None, "Checkpoint every N steps (and at every epoch end).")
 _KEEP = flags.DEFINE_integer("keep_checkpoints", None, "How many recent checkpoints to keep.")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", None, "Log a metrics record every N steps.")
+_DISTRIBUTED = flags.DEFINE_boolean("distributed", False, "Join a multi-process job via jax.distributed (auto-detects SLURM / Cloud TPU when no coordinator is given).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for --distributed (launch.sh sets $JAX_ATTN_COORDINATOR).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (launch.sh sets $JAX_ATTN_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1 (launch.sh sets $JAX_ATTN_PROCESS_ID).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N devices (for trying data parallelism without accelerators).")
 # Data.
 _DATASET = flags.DEFINE_string("dataset", None, "tfds dataset name (default cifar10 when no other source is given).")
@@ -99,6 +103,12 @@ def main(argv: list[str]) -> None:
   if _NUM_CPU_DEVICES.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value)
+  env_coordinator, env_num, env_id = distributed.settings_from_env()
+  coordinator = _COORDINATOR.value or env_coordinator
+  num_processes = _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else env_num
+  process_id = _PROCESS_ID.value if _PROCESS_ID.value is not None else env_id
+  if _DISTRIBUTED.value or coordinator or num_processes is not None:
+    distributed.initialize(coordinator, num_processes, process_id)
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
     from jax_attn import trainer  # pylint: disable=g-import-not-at-top
