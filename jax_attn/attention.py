@@ -13,8 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_attn.initializers import InitStyle, layer_init
+
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
+AttentionImpl = Literal["einsum", "fused"]
+ATTENTION_IMPLS = ("einsum", "fused")
 
 
 def attention_scale(mode: str, head_dim: int) -> float:
@@ -62,6 +66,32 @@ def einsum_attention(
   return out, weights
 
 
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
+           impl: str = "einsum", dropout_rate: float = 0.0,
+           dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+  """Dispatches to the einsum core (the reference) or ``jax.nn.dot_product_attention``.
+
+  The fused path returns no weights (nothing is sown) and is used only without
+  attention dropout; a value wider than the keys (SAGAN) gets zero-padded q/k,
+  which leaves every score unchanged.
+  """
+  if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
+    return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,
+                            dropout_rng=dropout_rng)
+  if impl != "fused":
+    raise ValueError(f"attention_impl {impl!r} is unknown: use one of {ATTENTION_IMPLS}")
+  extra = value.shape[-1] - query.shape[-1]
+  if extra > 0:
+    pad = [(0, 0)] * (query.ndim - 1) + [(0, extra)]
+    query, key = jnp.pad(query, pad), jnp.pad(key, pad)
+  return jax.nn.dot_product_attention(query, key, value, scale=scale), None
+
+
+def _sow_weights(module: nn.Module, weights: jax.Array | None) -> None:
+  if weights is not None:
+    module.sow("intermediates", "attention_weights", weights)
+
+
 class SelfAttention2D(nn.Module):
   """SAGAN self-attention over all H*W positions: ``gamma * attn(x) + x``.
 
@@ -72,6 +102,8 @@ class SelfAttention2D(nn.Module):
   """
   scale: ScaleMode = "none"
   reduction: int = 8
+  attention_impl: AttentionImpl = "einsum"
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -84,14 +116,14 @@ class SelfAttention2D(nn.Module):
           f"SelfAttention2D needs at least {self.reduction} channels for its "
           f"C//{self.reduction} query/key, got {channels}")
     conv1x1 = lambda features, name: nn.Conv(  # noqa: E731
-        features, (1, 1), dtype=self.dtype, name=name)
+        features, (1, 1), dtype=self.dtype, name=name, **layer_init(self.init_style, channels))
     positions = height * width
     query = conv1x1(qk_channels, "query")(x).reshape(batch, positions, 1, qk_channels)
     key = conv1x1(qk_channels, "key")(x).reshape(batch, positions, 1, qk_channels)
     value = conv1x1(channels, "value")(x).reshape(batch, positions, 1, channels)
-    out, weights = einsum_attention(
-        query, key, value, scale=attention_scale(self.scale, qk_channels))
-    self.sow("intermediates", "attention_weights", weights[:, 0])
+    out, weights = attend(query, key, value, scale=attention_scale(self.scale, qk_channels),
+                          impl=self.attention_impl)
+    _sow_weights(self, None if weights is None else weights[:, 0])
     gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
     out = out.reshape(batch, height, width, channels)
     return (gamma.astype(out.dtype) * out + x).astype(x.dtype)
@@ -106,6 +138,8 @@ class MultiHeadSelfAttention(nn.Module):
   num_heads: int
   scale: ScaleMode = "inv_sqrt_dim"
   attention_dropout_rate: float = 0.0
+  attention_impl: AttentionImpl = "einsum"
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -119,16 +153,16 @@ class MultiHeadSelfAttention(nn.Module):
     head_dim = dim // self.num_heads
 
     def project(name: str) -> jax.Array:
-      y = nn.Dense(dim, dtype=self.dtype, name=name)(x)
+      y = nn.Dense(dim, dtype=self.dtype, name=name, **layer_init(self.init_style, dim))(x)
       return y.reshape(batch, length, self.num_heads, head_dim)
 
     dropout_rng = None
     if self.attention_dropout_rate > 0.0 and not deterministic:
       dropout_rng = self.make_rng("dropout")
-    out, weights = einsum_attention(
+    out, weights = attend(
         project("query"), project("key"), project("value"),
-        scale=attention_scale(self.scale, head_dim),
+        scale=attention_scale(self.scale, head_dim), impl=self.attention_impl,
         dropout_rate=self.attention_dropout_rate, dropout_rng=dropout_rng)
-    self.sow("intermediates", "attention_weights", weights)
+    _sow_weights(self, weights)
     out = out.reshape(batch, length, dim)
-    return nn.Dense(dim, dtype=self.dtype, name="out")(out)
+    return nn.Dense(dim, dtype=self.dtype, name="out", **layer_init(self.init_style, dim))(out)

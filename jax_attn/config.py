@@ -34,6 +34,7 @@ class TrainConfig:
   seed: int = 0
   parallel: str = "none"
   dtype: str = "float32"
+  attention_impl: str = "einsum"      # or "fused" (jax.nn.dot_product_attention); same params
   max_steps: int | None = None
   eval_every_epochs: int = 1
   checkpoint_every_steps: int = 500
@@ -88,6 +89,8 @@ def _validate(config: TrainConfig) -> None:
       (config.log_every_steps >= 1, f"--log_every_steps={config.log_every_steps} must be >= 1"),
       (0 <= config.label_smoothing < 1, f"--label_smoothing={config.label_smoothing} must be in [0, 1)"),
       (config.dtype in ("float32", "bfloat16"), f"--dtype={config.dtype}: use float32 or bfloat16"),
+      (config.attention_impl in ("einsum", "fused"),
+       f"--attention_impl={config.attention_impl}: use einsum or fused"),
       (config.augment.crop_padding >= 0 and config.augment.cutout >= 0,
        "--augment_crop_padding and --augment_cutout must be >= 0"),
   ]

@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_attn.attention import ScaleMode, SelfAttention2D
+from jax_attn.attention import AttentionImpl, ScaleMode, SelfAttention2D
+from jax_attn.initializers import InitStyle, layer_init
 
 
 class SACNN(nn.Module):
@@ -32,6 +33,8 @@ class SACNN(nn.Module):
   norm: Literal["none", "batch"] = "none"
   head: Literal["conv_gap", "gap_dense"] = "conv_gap"
   attention_scale: ScaleMode = "none"
+  attention_impl: AttentionImpl = "einsum"
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   def _check(self) -> None:
@@ -58,7 +61,8 @@ class SACNN(nn.Module):
       for _ in range(self.convs_per_stage):
         layer += 1
         x = nn.Conv(width, (3, 3), padding=1, use_bias=self.norm == "none",
-                    dtype=self.dtype, name=f"conv{layer}")(x)
+                    dtype=self.dtype, name=f"conv{layer}",
+                    **layer_init(self.init_style, 9 * x.shape[-1]))(x)
         if self.norm == "batch":
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                            dtype=self.dtype, name=f"bn{layer}")(x)
@@ -66,14 +70,15 @@ class SACNN(nn.Module):
       if stage in self.pool_stages:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       if stage in self.attention_stages:
-        x = SelfAttention2D(scale=self.attention_scale, dtype=self.dtype,
+        x = SelfAttention2D(scale=self.attention_scale, attention_impl=self.attention_impl,
+                            init_style=self.init_style, dtype=self.dtype,
                             name=f"sa{stage + 1}")(x)
     if self.head == "conv_gap":
       x = nn.Conv(self.num_classes, (3, 3), padding=1, dtype=self.dtype,
-                  name=f"conv{layer + 1}")(x)
+                  name=f"conv{layer + 1}", **layer_init(self.init_style, 9 * x.shape[-1]))(x)
       logits = jnp.mean(nn.relu(x), axis=(1, 2))
     else:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(
-          jnp.mean(x, axis=(1, 2)))
+      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
+                        **layer_init(self.init_style, x.shape[-1]))(jnp.mean(x, axis=(1, 2)))
     chex.assert_shape(logits, (images.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -44,7 +44,8 @@ class _Run:
     checkpoint.check_resumable(workdir, config.to_json(), self.writer.log)
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
-                                  dtype=dtype, **config.model_overrides)
+                                  dtype=dtype, attention_impl=config.attention_impl,
+                                  **config.model_overrides)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(len(self.train_split), config.batch_size)
     full_run = self.steps_per_epoch * config.epochs
     self.end_step = min(full_run, config.max_steps or full_run)

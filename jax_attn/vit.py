@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_attn.attention import MultiHeadSelfAttention, ScaleMode
+from jax_attn.attention import AttentionImpl, MultiHeadSelfAttention, ScaleMode
+from jax_attn.initializers import InitStyle, layer_init
 
 # torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
 LAYER_NORM_EPSILON = 1e-5
@@ -40,12 +41,15 @@ class AddPositionEmbs(nn.Module):
 class MlpBlock(nn.Module):
   """Dense -> ReLU -> Dense, as in the reference encoder's feed-forward."""
   mlp_dim: int
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nn.relu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="dense1")(x))
-    return nn.Dense(x.shape[-1], dtype=self.dtype, name="dense2")(y)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="dense1",
+                 **layer_init(self.init_style, x.shape[-1]))(x)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name="dense2",
+                    **layer_init(self.init_style, self.mlp_dim))(nn.relu(y))
 
 
 class Encoder1DBlock(nn.Module):
@@ -60,6 +64,8 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   attention_scale: ScaleMode = "inv_dim"
   norm_position: Literal["post", "pre"] = "post"
+  attention_impl: AttentionImpl = "einsum"
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -68,9 +74,10 @@ class Encoder1DBlock(nn.Module):
     norm2 = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="norm2")
     attention = MultiHeadSelfAttention(
         self.num_heads, scale=self.attention_scale,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        attention_dropout_rate=self.attention_dropout_rate,
+        attention_impl=self.attention_impl, init_style=self.init_style, dtype=self.dtype,
         name="attention")
-    mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")
+    mlp = MlpBlock(self.mlp_dim, init_style=self.init_style, dtype=self.dtype, name="mlp")
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     if self.norm_position == "pre":
       x = x + drop(attention(norm1(x), deterministic=not train))
@@ -96,6 +103,8 @@ class ViT(nn.Module):
   norm_position: Literal["post", "pre"] = "post"
   pooling: Literal["class", "mean"] = "class"
   token_init_std: float = 1.0
+  attention_impl: AttentionImpl = "einsum"
+  init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   def _check(self, height: int, width: int) -> None:
@@ -118,7 +127,9 @@ class ViT(nn.Module):
     self._check(height, width)
     x = nn.Conv(self.hidden_dim, (self.patch_size, self.patch_size),
                 strides=(self.patch_size, self.patch_size), padding="VALID",
-                dtype=self.dtype, name="patch_embedding")(images.astype(self.dtype))
+                dtype=self.dtype, name="patch_embedding",
+                **layer_init(self.init_style, self.patch_size ** 2 * images.shape[-1]))(
+                    images.astype(self.dtype))
     num_patches = (height // self.patch_size) * (width // self.patch_size)
     x = x.reshape(batch, num_patches, self.hidden_dim)
     x = AddClassToken(self.token_init_std, name="class_token")(x)
@@ -129,11 +140,13 @@ class ViT(nn.Module):
           self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate,
           attention_scale=self.attention_scale, norm_position=self.norm_position,
-          dtype=self.dtype, name=f"encoder_block{i}")(x, train=train)
+          attention_impl=self.attention_impl, init_style=self.init_style, dtype=self.dtype,
+          name=f"encoder_block{i}")(x, train=train)
     chex.assert_shape(x, (batch, num_patches + 1, self.hidden_dim))
     if self.norm_position == "pre":
       x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
     pooled = x[:, 0] if self.pooling == "class" else jnp.mean(x[:, 1:], axis=1)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
+                      **layer_init(self.init_style, self.hidden_dim))(pooled)
     chex.assert_shape(logits, (batch, self.num_classes))
     return logits.astype(jnp.float32)

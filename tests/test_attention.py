@@ -99,3 +99,15 @@ class MultiHeadSelfAttentionTest(chex.TestCase):
     train_out = layer.apply(variables, x, deterministic=False,
                             rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(train_out, eval_out)
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (SelfAttention2D(), (2, 4, 4, 16)), (MultiHeadSelfAttention(num_heads=2), (2, 5, 8))])
+def test_fused_impl_matches_einsum(layer, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  variables = layer.init(jax.random.key(1), x)
+  if "gamma" in variables["params"]:
+    variables = {"params": {**variables["params"], "gamma": jnp.float32(0.5)}}
+  fused = layer.clone(attention_impl="fused")
+  np.testing.assert_allclose(fused.apply(variables, x), layer.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)

@@ -78,3 +78,16 @@ def test_unknown_model_and_preset():
     models.get_model("cnn")
   with pytest.raises(ValueError, match="unknown preset 'huge'"):
     models.get_model("vit", "huge")
+
+
+def test_torch_init_style_matches_pytorch_default_ranges():
+  params = models.init_variables(models.get_model("vit"), jax.random.key(0), (32, 32, 3))["params"]
+  query = params["encoder_block0"]["attention"]["query"]
+  bound = 1 / 128 ** 0.5  # nn.Linear(128, 128): U(-1/sqrt(128), 1/sqrt(128)) for weight and bias
+  for leaf in (query["kernel"], query["bias"]):
+    assert float(jnp.max(jnp.abs(leaf))) <= bound and float(jnp.max(jnp.abs(leaf))) > 0.9 * bound
+  flax_style = models.init_variables(models.get_model("vit", init_style="flax"),
+                                     jax.random.key(0), (32, 32, 3))["params"]
+  assert float(jnp.max(jnp.abs(flax_style["encoder_block0"]["attention"]["query"]["bias"]))) == 0
+  tokens = params["class_token"]["class_token"]
+  assert tokens.shape == (1, 1, 128) and 0.5 < float(jnp.std(params["pos_embedding"]["pos_embedding"])) < 1.5

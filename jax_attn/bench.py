@@ -1,0 +1,188 @@
+"""Benchmark: step time, throughput, FLOPs and memory; optionally raced against PyTorch.
+
+    python -m jax_attn.bench --models=sa_cnn,vit [--against=torch] [--e2e_examples=2048] [--json]
+
+JAX and PyTorch steps are timed alternately in the same run; the headline is the
+speed-up ``torch step time / jax step time`` (absolute times are noise on shared
+machines). FLOPs come from XLA's cost analysis of the compiled train step.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from jax_attn import augment, datasets, input_pipeline, models, optim
+from jax_attn.parallel import Parallel
+from jax_attn.train import create_state, make_eval_body, make_train_body
+
+_MODELS = flags.DEFINE_list("models", ["sa_cnn", "vit"], "Models to benchmark.")
+_PRESET = flags.DEFINE_string("preset", "seed", "Model preset.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+_IMAGE = flags.DEFINE_integer("image_size", 32, "Image side.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per framework (median reported).")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternations between JAX and torch.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype.")
+_IMPL = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "fused"], "JAX attention path.")
+_PARALLEL = flags.DEFINE_enum("parallel", "none", ["none", "pmap", "shard_map"], "JAX data parallelism.")
+_AGAINST = flags.DEFINE_enum("against", None, ["torch"], "Also time the PyTorch reference.")
+_E2E = flags.DEFINE_integer("e2e_examples", 0, "Also time one epoch of this many synthetic examples with data loading (0 = off).")
+_JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
+
+# Dense bf16 peak FLOP/s by device kind, for MFU.
+PEAK_BF16 = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12}
+
+
+def _peak(kind: str) -> float | None:
+  return next((v for k, v in PEAK_BF16.items() if kind.startswith(k)), None)
+
+
+class JaxSide:
+  """Compiled train/eval steps of one model on a synthetic batch."""
+
+  def __init__(self, name: str):
+    dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
+    self.model = models.get_model(name, _PRESET.value, dtype=dtype, attention_impl=_IMPL.value)
+    self.parallel = Parallel.create(_PARALLEL.value, _BATCH.value)
+    tx = optim.make_optimizer("adam", optim.make_schedule("constant", 1e-3, 1))
+    shape = (_IMAGE.value, _IMAGE.value, 3)
+    host_state = jax.device_get(create_state(self.model, tx, 0, shape))
+    self.params = models.count_params(host_state.params)
+    self.split = datasets.SyntheticSource(max(_BATCH.value, _E2E.value), _IMAGE.value).load("train")
+    host_batch = next(input_pipeline.train_batches(self.split, seed=0, epoch=0,
+                                                   global_batch=_BATCH.value))
+    self.batch = self.parallel.put_batch(host_batch)
+    self.eval_batch = self.parallel.put_batch({**host_batch, "mask": np.ones(_BATCH.value, bool)})
+    self.state = self.parallel.replicate(host_state)
+    aug = augment.AugmentConfig()
+    train = self.parallel.wrap(make_train_body(self.model, tx, aug, 0.0), donate_state=True)
+    evaluate = self.parallel.wrap(make_eval_body(self.model, aug), donate_state=False)
+    start = time.perf_counter()
+    self.train = train.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.eval = evaluate.lower(self.state, self.eval_batch).compile()
+    cost = self.train.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    # pmap/shard_map programs are per device: scale to the global batch.
+    self.flops_per_image = flops * (1 if self.parallel.mode == "none" else self.parallel.num_devices) / _BATCH.value
+
+  def train_steps(self, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      self.state, metrics = self.train(self.state, self.batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    return times
+
+  def eval_steps(self, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      jax.block_until_ready(self.eval(self.state, self.eval_batch))
+      times.append(time.perf_counter() - start)
+    return times
+
+  def epoch(self) -> float:
+    """One epoch of ``e2e_examples`` with the real input pipeline (host order, prefetch)."""
+    split = datasets.ArraySplit(self.split.images[:_E2E.value], self.split.labels[:_E2E.value],
+                                self.split.class_names)
+    start = time.perf_counter()
+    metrics = None
+    for batch in input_pipeline.prefetch(input_pipeline.train_batches(
+        split, seed=0, epoch=0, global_batch=_BATCH.value), self.parallel.put_batch):
+      self.state, metrics = self.train(self.state, batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+  def peak_memory(self) -> int | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _alternate(jax_fn: Callable[[int], list[float]], torch_fn: Callable[[int], list[float]] | None
+               ) -> tuple[list[float], list[float]]:
+  per_round = max(1, _STEPS.value // _ROUNDS.value)
+  jax_fn(2)  # warm-up
+  if torch_fn:
+    torch_fn(2)
+  jax_times, torch_times = [], []
+  for _ in range(_ROUNDS.value):
+    jax_times += jax_fn(per_round)
+    if torch_fn:
+      torch_times += torch_fn(per_round)
+  return jax_times, torch_times
+
+
+def bench_model(name: str) -> dict[str, Any]:
+  side = JaxSide(name)
+  torch_side = None
+  if _AGAINST.value == "torch":
+    from jax_attn import torch_bench  # pylint: disable=g-import-not-at-top
+    torch_side = torch_bench.TorchSide(name, _BATCH.value, _IMAGE.value, side.split)
+  train_jax, train_torch = _alternate(side.train_steps, torch_side and torch_side.train_steps)
+  eval_jax, eval_torch = _alternate(side.eval_steps, torch_side and torch_side.eval_steps)
+  step = statistics.median(train_jax)
+  kind = jax.devices()[0].device_kind
+  achieved = side.flops_per_image * _BATCH.value / step
+  peak = _peak(kind) if _DTYPE.value == "bfloat16" else None
+  result = {
+      "model": name, "preset": _PRESET.value, "params": side.params, "batch_size": _BATCH.value,
+      "image_size": _IMAGE.value, "dtype": _DTYPE.value, "attention_impl": _IMPL.value,
+      "parallel": _PARALLEL.value, "backend": jax.default_backend(), "device_kind": kind,
+      "devices": side.parallel.num_devices, "compile_s": side.compile_s,
+      "train_step_ms": step * 1e3, "train_images_per_sec": _BATCH.value / step,
+      "eval_images_per_sec": _BATCH.value / statistics.median(eval_jax),
+      "gflops_per_image": side.flops_per_image / 1e9, "achieved_tflops": achieved / 1e12,
+      "mfu": achieved / peak if peak else None, "peak_memory_bytes": side.peak_memory(),
+  }
+  if torch_side:
+    torch_step = statistics.median(train_torch)
+    result.update(torch_train_step_ms=torch_step * 1e3,
+                  torch_eval_images_per_sec=_BATCH.value / statistics.median(eval_torch),
+                  speedup_train=torch_step / step,
+                  speedup_eval=statistics.median(eval_torch) / statistics.median(eval_jax))
+  if _E2E.value:
+    result["e2e_epoch_s"] = side.epoch()
+    if torch_side:
+      result["torch_e2e_epoch_s"] = torch_side.epoch(_E2E.value)
+      result["speedup_e2e"] = result["torch_e2e_epoch_s"] / result["e2e_epoch_s"]
+  return result
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+  columns = [("model", "{}"), ("compile_s", "{:.1f}"), ("train_step_ms", "{:.1f}"),
+             ("train_images_per_sec", "{:,.0f}"), ("eval_images_per_sec", "{:,.0f}"),
+             ("gflops_per_image", "{:.3f}"), ("achieved_tflops", "{:.3f}"), ("mfu", "{:.1%}"),
+             ("peak_memory_bytes", "{:,}"), ("torch_train_step_ms", "{:.1f}"),
+             ("speedup_train", "{:.2f}x"), ("speedup_eval", "{:.2f}x"),
+             ("e2e_epoch_s", "{:.2f}"), ("torch_e2e_epoch_s", "{:.2f}"), ("speedup_e2e", "{:.2f}x")]
+  columns = [(k, f) for k, f in columns if any(r.get(k) is not None for r in results)]
+  rows = [[k for k, _ in columns]] + [
+      [f.format(r[k]) if r.get(k) is not None else "-" for k, f in columns] for r in results]
+  widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+  return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  results = [bench_model(name) for name in _MODELS.value]
+  if _JSON.value:
+    print(json.dumps(results, indent=2))
+    return
+  first = results[0]
+  print(f"jax_attn bench: batch {_BATCH.value}, {_IMAGE.value}x{_IMAGE.value}, {_DTYPE.value}, "
+        f"{first['devices']} x {first['device_kind']} ({first['backend']}), jax {jax.__version__}; "
+        f"speedup = torch time / jax time, same run")
+  print(_table(results))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,30 @@
+"""Parameter initialisation styles: PyTorch's defaults (the reference) or Flax's."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+InitStyle = Literal["torch", "flax"]
+
+
+def layer_init(style: str, fan_in: int) -> dict[str, Any]:
+  """``kernel_init``/``bias_init`` keyword arguments for a Dense or Conv with ``fan_in`` inputs.
+
+  ``torch``: ``nn.Linear``/``nn.Conv2d`` defaults, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+  weights (kaiming_uniform with a=sqrt(5)) and biases. ``flax``: lecun_normal and zeros.
+  """
+  if style == "flax":
+    return {}
+  if style != "torch":
+    raise ValueError(f"init_style {style!r} is unknown: use 'torch' or 'flax'")
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+          "bias_init": bias_init}

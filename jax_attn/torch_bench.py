@@ -1,0 +1,75 @@
+"""The PyTorch side of the benchmark race: the notebook's loop, eager mode."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from jax_attn.datasets import ArraySplit
+from jax_attn.torch_reference import TorchSACNN, TorchViT
+
+
+class _NotebookTransform(Dataset):
+  """Per-image ToTensor + Normalize((0.5,)*3, (0.5,)*3), as the notebook's torchvision pipeline."""
+
+  def __init__(self, split: ArraySplit):
+    self.split = split
+
+  def __len__(self) -> int:
+    return len(self.split)
+
+  def __getitem__(self, i: int):
+    image = torch.from_numpy(self.split.images[i]).permute(2, 0, 1).float().div(255.0)
+    return (image - 0.5) / 0.5, int(self.split.labels[i])
+
+
+class TorchSide:
+  """Adam 1e-3 + CrossEntropyLoss on the log-softmax outputs, like the notebook."""
+
+  def __init__(self, name: str, batch_size: int, image_size: int, split: ArraySplit):
+    torch.manual_seed(0)
+    self.model = TorchSACNN() if name == "sa_cnn" else TorchViT(image=image_size)
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+    self.loss = torch.nn.CrossEntropyLoss()
+    self.split, self.batch_size = split, batch_size
+    images = split.images[:batch_size].astype(np.float32) / 127.5 - 1.0
+    self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    self.labels = torch.from_numpy(split.labels[:batch_size].astype(np.int64))
+
+  def _train_step(self, images, labels) -> None:
+    self.model.train()
+    self.optimizer.zero_grad()
+    loss = self.loss(self.model(images), labels)
+    loss.backward()
+    self.optimizer.step()
+    loss.item()  # the notebook's running_loss sync
+
+  def train_steps(self, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      self._train_step(self.images, self.labels)
+      times.append(time.perf_counter() - start)
+    return times
+
+  def eval_steps(self, n: int) -> list[float]:
+    self.model.eval()
+    times = []
+    with torch.no_grad():
+      for _ in range(n):
+        start = time.perf_counter()
+        self.model(self.images).argmax(1)
+        times.append(time.perf_counter() - start)
+    return times
+
+  def epoch(self, examples: int) -> float:
+    split = ArraySplit(self.split.images[:examples], self.split.labels[:examples],
+                       self.split.class_names)
+    loader = DataLoader(_NotebookTransform(split), batch_size=self.batch_size, shuffle=True,
+                        drop_last=True)
+    start = time.perf_counter()
+    for images, labels in loader:
+      self._train_step(images, labels)
+    return time.perf_counter() - start
