@@ -46,6 +46,15 @@ class TrainConfig:
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_json(cls, content: dict[str, Any]) -> "TrainConfig":
+    """Inverse of ``to_json`` (unknown keys from other versions are ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in content.items() if k in known}
+    values["augment"] = AugmentConfig(**values.get("augment", {}))
+    values["data"] = DataConfig(**values.get("data", {}))
+    return cls(**values)
+
 
 # The reference notebook's recipe: Adam 1e-3, batch 64, 10 epochs, no augmentation,
 # (x/255 - 0.5)/0.5 normalisation; the model presets hold the architecture.
@@ -55,6 +64,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                        optimizer="adam", schedule="constant", augment=AugmentConfig()),
         "vit": dict(preset="seed", epochs=10, batch_size=64, learning_rate=1e-3,
                     optimizer="adam", schedule="constant", augment=AugmentConfig()),
+    },
+    # Same budget (<= 550k parameters, 10 epochs, same data), modern practice: crop+flip,
+    # label smoothing, AdamW with warm-up + cosine, gradient clipping.
+    "tuned": {
+        "sa_cnn": dict(preset="tuned", epochs=10, batch_size=256, learning_rate=4e-3,
+                       optimizer="adamw", weight_decay=5e-2, schedule="warmup_cosine",
+                       warmup_epochs=1.0, label_smoothing=0.1, grad_clip_norm=1.0,
+                       augment=AugmentConfig(normalization="mean_std", crop_padding=4, flip=True)),
+        "vit": dict(preset="tuned", epochs=10, batch_size=128, learning_rate=2e-3,
+                    optimizer="adamw", weight_decay=5e-2, schedule="warmup_cosine",
+                    warmup_epochs=1.0, label_smoothing=0.1, grad_clip_norm=1.0,
+                    augment=AugmentConfig(normalization="mean_std", crop_padding=4, flip=True)),
     },
 }
 

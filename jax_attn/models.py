@@ -19,10 +19,18 @@ PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
         "seed": {},
         # Small enough for unit tests and CI on a CPU (8x8 or 16x16 images).
         "tiny": {"widths": (8, 16), "attention_stages": (0, 1)},
+        # 3 stages of 2x [conv-BN-ReLU] + max-pool; SAGAN attention at 16x16 and 8x8.
+        "tuned": {"widths": (40, 80, 160), "convs_per_stage": 2, "pool_stages": (0, 1, 2),
+                  "attention_stages": (0, 1), "norm": "batch", "head": "gap_dense",
+                  "attention_scale": "inv_sqrt_dim", "init_style": "flax"},
     },
     "vit": {
         "seed": {},
         "tiny": {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "mlp_dim": 32, "depth": 1},
+        # Patch 4 (64 tokens + class), pre-norm, 1/sqrt(d), small token init, 4 blocks.
+        "tuned": {"patch_size": 4, "hidden_dim": 128, "num_heads": 4, "mlp_dim": 256, "depth": 4,
+                  "dropout_rate": 0.0, "attention_scale": "inv_sqrt_dim", "norm_position": "pre",
+                  "token_init_std": 0.02, "init_style": "flax"},
     },
 }
 

@@ -91,3 +91,9 @@ def test_torch_init_style_matches_pytorch_default_ranges():
   assert float(jnp.max(jnp.abs(flax_style["encoder_block0"]["attention"]["query"]["bias"]))) == 0
   tokens = params["class_token"]["class_token"]
   assert tokens.shape == (1, 1, 128) and 0.5 < float(jnp.std(params["pos_embedding"]["pos_embedding"])) < 1.5
+
+
+def test_tuned_presets_stay_within_the_budget():
+  for name in ("sa_cnn", "vit"):
+    count = models.count_params(models.param_shapes(models.get_model(name, "tuned"), (32, 32, 3)))
+    assert 400_000 < count <= 550_000, (name, count)

@@ -9,7 +9,7 @@ from conftest import TINY
 
 
 def test_trains_and_writes_results(main_cli, tmp_path):
-  out = main_cli(["--model=vit", *TINY, "--epochs=3", "--learning_rate=3e-3",
+  out = main_cli(["--model=vit", *TINY, "--epochs=3", "--learning_rate=1e-2",
                   f"--workdir={tmp_path}"])
   summary = json.loads((tmp_path / "summary.json").read_text())
   for key in ("model", "recipe", "params", "epochs", "steps", "eval_accuracy", "eval_loss",
@@ -18,13 +18,13 @@ def test_trains_and_writes_results(main_cli, tmp_path):
     assert key in summary, key
   assert summary["model"] == "vit" and summary["steps"] == 3 * 256 // 16
   assert summary["eval_examples"] == 51  # every eval image counted exactly once (51 = 256 // 5)
-  assert summary["eval_accuracy"] > 0.4, summary  # chance is 0.1
+  assert summary["eval_accuracy"] > 0.6, summary  # chance is 0.1
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == sorted(r["step"] for r in records)
   epoch_ends = [r for r in records if r["eval_accuracy"] is not None]
   assert [r["epoch"] for r in epoch_ends] == [1, 2, 3]
   assert "Loss:" in out.stdout and "Epoch [3]" in out.stdout
-  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 3e-3
+  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 1e-2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,202 @@
+"""Comparison report from training workdirs: a table, curves and attention maps.
+
+    python -m jax_attn.report runs/sa_cnn_seed runs/vit_seed --out report/
+
+Writes ``REPORT.md`` and PNGs (matplotlib, Agg). Attention maps come from the
+latest checkpoint of each run, on the first eval images, using the sown
+``attention_weights``. Known (model, recipe) pairs without a run say "not run".
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from jax_attn import augment, config as config_lib, datasets, models  # noqa: E402
+from jax_attn.errors import UserError  # noqa: E402
+
+_OUT = flags.DEFINE_string("out", "report", "Output directory for REPORT.md and the PNGs.")
+_IMAGES = flags.DEFINE_integer("images", 3, "Eval images to draw attention maps for.")
+
+
+def load_run(workdir: Path) -> dict[str, Any]:
+  """summary.json, config.json and metrics.jsonl of one workdir."""
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+    summary_path = workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+  except (OSError, ValueError) as e:
+    raise UserError(f"{workdir} is not a jax_attn workdir ({e}): pass directories written by "
+                    "python -m jax_attn.main") from None
+  label = f"{config['model']}/{config['recipe']}" + (
+      f" ({workdir.name})" if workdir.name not in (f"{config['model']}_{config['recipe']}",) else "")
+  return {"dir": workdir, "label": label, "config": config, "summary": summary, "metrics": metrics}
+
+
+def _fmt(value: Any, spec: str) -> str:
+  return "not run" if value is None else format(value, spec)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+  rows = ["| run | model | recipe | parameters | epochs | eval accuracy | eval loss | eval split "
+          "| train wall (s) | train img/s | device |", "|" + "---|" * 11]
+  for run in runs:
+    s = run["summary"] or {}
+    rows.append(
+        f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
+        f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
+        f"{_fmt(s.get('eval_accuracy'), '.2%')} | {_fmt(s.get('eval_loss'), '.4f')} | "
+        f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
+        f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
+        f"{s.get('devices', '-')} x {s.get('device_kind', 'not run')} |")
+  present = {(r["config"]["model"], r["config"]["recipe"]) for r in runs if r["summary"]}
+  for recipe, per_model in sorted(config_lib.RECIPES.items()):
+    for model in sorted(per_model):
+      if (model, recipe) not in present:
+        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 8)
+  return "\n".join(rows)
+
+
+def plot_curves(runs: list[dict[str, Any]], out: Path) -> list[str]:
+  """Training loss and eval accuracy per epoch, all runs on shared axes."""
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for run in runs:
+    per_epoch = _steps_per_epoch(run)
+    evals = [m for m in run["metrics"] if m.get("eval_accuracy") is not None]
+    loss_ax.plot([m["step"] / per_epoch for m in run["metrics"]],
+                 [m["train_loss"] for m in run["metrics"]], label=run["label"], alpha=0.8)
+    acc_ax.plot([m["epoch"] for m in evals], [100 * m["eval_accuracy"] for m in evals],
+                marker="o", label=run["label"])
+  loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+  acc_ax.set(xlabel="epoch", ylabel="eval accuracy (%)", title="Eval accuracy")
+  for ax in (loss_ax, acc_ax):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out / "curves.png", dpi=110)
+  plt.close(fig)
+  return ["curves.png"]
+
+
+def _steps_per_epoch(run: dict[str, Any]) -> float:
+  s = run["summary"]
+  if s and s.get("epochs"):
+    return s["steps"] / s["epochs"]
+  ends = [m for m in run["metrics"] if m.get("eval_accuracy") is not None]
+  return ends[0]["step"] / ends[0]["epoch"] if ends else 1.0
+
+
+def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.ndarray], str]:
+  """Eval images (uint8) and the sown attention weights of each attention layer."""
+  config = config_lib.TrainConfig.from_json(run["config"])
+  manager = ocp.CheckpointManager(run["dir"].absolute() / "checkpoints")
+  step = manager.latest_step()
+  if step is None:
+    raise UserError(f"{run['dir']} has no checkpoint to draw attention maps from")
+  state = manager.restore(step)["state"]
+  _, evaluation, _, eval_spec = datasets.load_train_eval(config.data, config.num_classes,
+                                                         lambda _: None)
+  images = evaluation.images[:count]
+  model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
+                           **config.model_overrides)
+  variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]}
+                                             if state.get("batch_stats") else {})}
+  inputs = augment.normalize(jnp.asarray(images), config.augment.normalization)
+  _, sown = model.apply(variables, inputs, mutable=["intermediates"])
+  flat = jax.tree_util.tree_flatten_with_path(sown["intermediates"])[0]
+  layers = [np.asarray(w) for path, w in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0]))]
+  return images, layers, eval_spec
+
+
+def _overlay(ax, image: np.ndarray, heat: np.ndarray, title: str,
+             query: tuple[int, int] | None = None) -> None:
+  zoom = image.shape[0] // heat.shape[0]
+  ax.imshow(image)
+  ax.imshow(np.kron(heat, np.ones((zoom, zoom))), cmap="inferno", alpha=0.55)
+  if query is not None:  # the query pixel whose attention is drawn
+    ax.plot((query[1] + 0.5) * zoom - 0.5, (query[0] + 0.5) * zoom - 0.5, "c+", markersize=8)
+  ax.set_title(title, fontsize=7)
+  ax.axis("off")
+
+
+def plot_attention(run: dict[str, Any], out: Path, count: int) -> list[str]:
+  images, layers, _ = _attention(run, count)
+  name = run["config"]["model"]
+  files = []
+  for i, image in enumerate(images):
+    if name == "sa_cnn":  # query pixels: centre and a corner, over all positions, per SA layer
+      panels = []
+      for layer, weights in enumerate(layers):
+        side = int(round(np.sqrt(weights.shape[-1])))
+        for label, (y, x) in (("centre", (side // 2, side // 2)), ("corner", (side // 4, side // 4))):
+          panels.append((weights[i, y * side + x].reshape(side, side), f"SA{layer + 1} {label}",
+                         (y, x)))
+    else:  # ViT: class token -> patches, per head and averaged, plus attention rollout
+      panels = []
+      last = layers[-1][i]
+      side = int(round(np.sqrt(last.shape[-1] - 1)))
+      for head in range(last.shape[0]):
+        panels.append((last[head, 0, 1:].reshape(side, side), f"last block head {head}", None))
+      panels.append((last.mean(0)[0, 1:].reshape(side, side), "last block mean", None))
+      rollout = np.eye(last.shape[-1])
+      for weights in layers:
+        mixed = 0.5 * weights[i].mean(0) + 0.5 * np.eye(last.shape[-1])
+        rollout = mixed / mixed.sum(-1, keepdims=True) @ rollout
+      panels.append((rollout[0, 1:].reshape(side, side), "rollout", None))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(1.6 * (len(panels) + 1), 1.9))
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=7)
+    axes[0].axis("off")
+    for ax, (heat, title, query) in zip(axes[1:], panels):
+      _overlay(ax, image, heat / max(heat.max(), 1e-12), title, query)
+    fig.tight_layout()
+    filename = f"attention_{run['dir'].name}_{i}.png"
+    fig.savefig(out / filename, dpi=120)
+    plt.close(fig)
+    files.append(filename)
+  return files
+
+
+def write_report(workdirs: list[str], out: str, images: int = 3) -> Path:
+  runs = [load_run(Path(w)) for w in workdirs]
+  out_dir = Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  lines = ["# jax_attn comparison report", "",
+           "Generated by `python -m jax_attn.report " + " ".join(workdirs) + f" --out {out}`.", "",
+           table(runs), "", "## Curves", "", "![curves](curves.png)", ""]
+  plot_curves(runs, out_dir)
+  lines += ["## Attention maps", ""]
+  for run in runs:
+    lines += [f"### {run['label']}", ""]
+    try:
+      lines += [f"![{f}]({f})" for f in plot_attention(run, out_dir, images)] + [""]
+    except UserError as e:
+      lines += [f"not drawn: {e}", ""]
+  path = out_dir / "REPORT.md"
+  path.write_text("\n".join(lines))
+  return path
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2:
+    raise app.UsageError("give one or more workdirs: python -m jax_attn.report RUN_DIR... --out DIR")
+  try:
+    print(write_report(argv[1:], _OUT.value, _IMAGES.value))
+  except UserError as e:
+    raise SystemExit(f"jax_attn.report: error: {e}") from None
+
+
+if __name__ == "__main__":
+  app.run(main)

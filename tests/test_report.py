@@ -1,0 +1,23 @@
+"""The comparison report on two tiny synthetic runs."""
+from jax_attn import report
+
+from conftest import TINY
+
+
+def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
+  runs = []
+  for model in ("sa_cnn", "vit"):
+    workdir = tmp_path / f"{model}_seed"
+    main_cli([f"--model={model}", *TINY, "--epochs=2", f"--workdir={workdir}"])
+    runs.append(str(workdir))
+  path = report.write_report(runs, str(tmp_path / "out"), images=2)
+  text = path.read_text()
+  assert "| sa_cnn/seed | sa_cnn | seed | 3,274 |" in text
+  assert "| vit/seed | vit | seed | 3,274 |" in text
+  pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+  assert "curves.png" in pngs
+  assert sum(p.startswith("attention_sa_cnn") for p in pngs) == 2
+  assert sum(p.startswith("attention_vit") for p in pngs) == 2
+  assert all((tmp_path / "out" / p).stat().st_size > 2000 for p in pngs)
+  for p in pngs:
+    assert f"({p})" in text
