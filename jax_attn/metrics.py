@@ -30,9 +30,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: Path):
     self.workdir = workdir
-    self.is_main = jax.process_index() == 0
-    if self.is_main:
-      workdir.mkdir(parents=True, exist_ok=True)
+    self.is_main = jax.process_index() == 0  # the workdir is made on the first write
     self._bar = None
 
   def log(self, message: str) -> None:
@@ -45,6 +43,7 @@ class MetricsWriter:
 
   def write_json(self, name: str, content: dict[str, Any]) -> None:
     if self.is_main:
+      self.workdir.mkdir(parents=True, exist_ok=True)
       path = self.workdir / name
       tmp = path.with_suffix(".tmp")
       tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
@@ -60,6 +59,7 @@ class MetricsWriter:
 
   def write_metrics(self, record: dict[str, Any]) -> None:
     if self.is_main:
+      self.workdir.mkdir(parents=True, exist_ok=True)
       with open(self.workdir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
 

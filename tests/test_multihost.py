@@ -31,10 +31,13 @@ def _params(workdir):
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_two_processes_match_one_process(tmp_path, mode):
   two, one = tmp_path / "two", tmp_path / "one"
-  result = subprocess.run(
-      [LAUNCH, "--num_processes=2", "--", *ARGS, "--num_cpu_devices=2", f"--parallel={mode}",
-       f"--workdir={two}"], env=ENV, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stdout[-3000:]
+  for max_steps in (6, 10):  # the second launch restores from all processes, then goes on
+    result = subprocess.run(
+        [LAUNCH, "--num_processes=2", "--", *ARGS, "--num_cpu_devices=2", f"--parallel={mode}",
+         f"--max_steps={max_steps}", f"--workdir={two}"], env=ENV, capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+  assert "[p0] resumed from the checkpoint at step 6" in result.stdout
   assert "[p0]" in result.stdout and "4 cpu device(s)" in result.stdout
   assert "[p1] vit (tiny)" not in result.stdout  # only process 0 reports
   subprocess.run([sys.executable, "-m", "jax_attn.main", *ARGS, "--num_cpu_devices=4",
