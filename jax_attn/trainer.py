@@ -24,10 +24,6 @@ class NonFiniteLossError(UserError):
   """Training diverged; the last good checkpoint is kept."""
 
 
-def _with_image_size(config: TrainConfig, size: int) -> TrainConfig:
-  return dataclasses.replace(config, image_size=size)
-
-
 class _Run:
   """The state of one training run: built once, then ``run()``."""
 
@@ -40,7 +36,7 @@ class _Run:
     image_shape = self.train_split.images.shape[1:]
     if config.image_size not in (None, image_shape[0]):
       raise UserError(f"--image_size={config.image_size} but the data is {image_shape[0]}px")
-    self.config = config = _with_image_size(config, image_shape[0])
+    self.config = config = dataclasses.replace(config, image_size=image_shape[0])
     checkpoint.check_resumable(workdir, config.to_json(), self.writer.log)
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
@@ -68,7 +64,9 @@ class _Run:
   # ---------------------------------------------------------------- checkpoints
   def _checkpoint_tree(self, state: Any) -> dict[str, Any]:
     return {"state": flax.serialization.to_state_dict(state),
-            "epoch_sums": {k: np.float64(v) for k, v in self.sums.items()}}
+            "epoch_sums": {k: np.float64(v) for k, v in self.sums.items()},
+            "totals": {"train_wall": np.float64(self.train_wall),
+                       "images_seen": np.float64(self.images_seen)}}
 
   def _restore(self) -> None:
     restored = self.checkpointer.restore_latest(self._checkpoint_tree(self.host_state))
@@ -77,6 +75,8 @@ class _Run:
     step, tree = restored
     self.host_state = flax.serialization.from_state_dict(self.host_state, tree["state"])
     self.sums = {k: float(v) for k, v in tree["epoch_sums"].items()}
+    self.train_wall = float(tree["totals"]["train_wall"])  # summaries cover the whole run
+    self.images_seen = int(tree["totals"]["images_seen"])
     self.writer.truncate_after(step)
     self.writer.log(f"resumed from the checkpoint at step {step} in {self.workdir}")
 
