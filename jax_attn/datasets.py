@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import re
+import socket
 import tarfile
 from pathlib import Path
 from typing import Callable
@@ -233,6 +234,21 @@ class SyntheticSource(Source):
 
 
 # ----------------------------------------------------------------------------- tfds
+# tfds downloads prepared data from GCS, else from the dataset's own site (CIFAR-10's is below).
+_TFDS_HOSTS = ("storage.googleapis.com", "www.cs.toronto.edu")
+
+
+def _can_resolve(hosts: tuple[str, ...]) -> bool:
+  """A fast offline check: without DNS, tfds would spend minutes retrying before failing."""
+  for host in hosts:
+    try:
+      socket.getaddrinfo(host, 443)
+      return True
+    except OSError:
+      continue
+  return False
+
+
 class TfdsSource(Source):
   """A tfds dataset (``cifar10`` by default), prepared on first use; TF imported lazily."""
 
@@ -253,6 +269,8 @@ class TfdsSource(Source):
       tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory
       try:
         builder = tfds.builder(self.name, data_dir=self.data_dir)
+        if not builder.is_prepared() and not _can_resolve(_TFDS_HOSTS):
+          raise ConnectionError("no network: cannot resolve " + " or ".join(_TFDS_HOSTS))
         builder.download_and_prepare()
       except Exception as e:  # network, permissions, unknown name: all end the same way
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

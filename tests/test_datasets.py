@@ -166,8 +166,9 @@ def test_more_than_one_source():
     datasets.make_source(DataConfig(synthetic=True, dataset="cifar10"))
 
 
-def test_tfds_source_with_mock_data():
+def test_tfds_source_with_mock_data(monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(datasets, "_can_resolve", lambda hosts: True)  # mock_data needs no network
   with tfds.testing.mock_data(num_examples=20):
     source = datasets.TfdsSource("cifar10")
     assert "test" in source.splits()
@@ -180,6 +181,9 @@ def test_tfds_without_network_names_offline_sources(monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
 
   class Offline:
+    def is_prepared(self):
+      return True  # skip the DNS probe: download_and_prepare fails as a real download would
+
     def download_and_prepare(self):
       raise ConnectionError("Failed to establish a new connection\nmore detail")
   monkeypatch.setattr(tfds, "builder", lambda *a, **k: Offline())
@@ -196,3 +200,10 @@ def test_real_cifar10_jpeg_tree():
   assert len(train.class_names) == 10
   np.testing.assert_array_equal(np.bincount(train.labels), [5000] * 10)
   assert 60 < train.images.mean() < 180  # real photographs, not blank decodes
+
+
+def test_tfds_fails_fast_without_dns(monkeypatch, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(datasets, "_can_resolve", lambda hosts: False)
+  with pytest.raises(DataError, match="no network: cannot resolve .*--image_folder"):
+    datasets.TfdsSource("cifar10", data_dir=str(tmp_path)).splits()
