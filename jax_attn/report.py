@@ -106,9 +106,9 @@ def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.nda
   if step is None:
     raise UserError(f"{run['dir']} has no checkpoint to draw attention maps from")
   state = manager.restore(step)["state"]
-  _, evaluation, _, eval_spec = datasets.load_train_eval(config.data, config.num_classes,
-                                                         lambda _: None)
-  images = evaluation.images[:count]
+  source = datasets.make_source(config.data, config.num_classes)
+  eval_spec = config.data.eval_split or datasets.default_splits(source)[1]
+  images = source.load(eval_spec).images[:count]  # the eval split only: no training decode
   model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
                            **config.model_overrides)
   variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]}
