@@ -66,16 +66,21 @@ class Parallel:
                            check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 
+  @functools.cached_property
+  def _batch_sharding(self) -> NamedSharding:
+    if self.mode == "pmap":  # pmap's inputs: [local devices, per device, ...] on local devices
+      return NamedSharding(Mesh(np.array(jax.local_devices()), (AXIS,)), P(AXIS))
+    return NamedSharding(self.mesh, P(AXIS))
+
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Moves this process's host batch onto its devices, already split."""
     if self.mode == "none":
       return jax.device_put(batch, self.mesh.devices.flat[0])
+    sharding = self._batch_sharding
     if self.mode == "pmap":
-      local = jax.local_devices()
-      sharding = NamedSharding(Mesh(np.array(local), (AXIS,)), P(AXIS))
-      split = lambda x: x.reshape((len(local), -1) + x.shape[1:])  # noqa: E731
+      count = jax.local_device_count()
+      split = lambda x: x.reshape((count, -1) + x.shape[1:])  # noqa: E731
       return jax.device_put(jax.tree.map(split, batch), sharding)
-    sharding = NamedSharding(self.mesh, P(AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
   def replicate(self, tree: Any) -> Any:
