@@ -53,20 +53,38 @@ def table(runs: list[dict[str, Any]]) -> str:
   rows = ["| run | model | recipe | parameters | epochs | eval accuracy | eval loss | eval split "
           "| train wall (s) | train img/s | device |", "|" + "---|" * 11]
   for run in runs:
-    s = run["summary"] or {}
+    s = run["summary"] or _partial_summary(run)
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_fmt(s.get('eval_accuracy'), '.2%')} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
-        f"{s.get('devices', '-')} x {s.get('device_kind', 'not run')} |")
-  present = {(r["config"]["model"], r["config"]["recipe"]) for r in runs if r["summary"]}
+        f"{s.get('devices', '-')} x {s.get('device_kind', '-')} |")
+  present = {(r["config"]["model"], r["config"]["recipe"]) for r in runs
+             if r["summary"] or _partial_summary(r)}
   for recipe, per_model in sorted(config_lib.RECIPES.items()):
     for model in sorted(per_model):
       if (model, recipe) not in present:
         rows.append(f"| - | {model} | {recipe} |" + " not run |" * 8)
   return "\n".join(rows)
+
+
+def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
+  """For a run without summary.json: its last evaluated epoch, marked incomplete."""
+  evals = [m for m in run["metrics"] if m.get("eval_accuracy") is not None]
+  if not evals:
+    return {}
+  last = evals[-1]
+  config = config_lib.TrainConfig.from_json(run["config"])
+  model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
+                           **config.model_overrides)
+  size = config.image_size or 32
+  return {"params": models.count_params(models.param_shapes(model, (size, size, 3))),
+          "epochs": last["epoch"], "eval_accuracy": last["eval_accuracy"],
+          "eval_loss": last["eval_loss"], "train_wall_s": last["wall_s"],
+          "eval_split": f"{run['config']['data'].get('eval_split') or 'held-out'} "
+                        f"(incomplete: stopped after epoch {last['epoch']})"}
 
 
 def plot_curves(runs: list[dict[str, Any]], out: Path) -> list[str]:

@@ -21,3 +21,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   assert all((tmp_path / "out" / p).stat().st_size > 2000 for p in pngs)
   for p in pngs:
     assert f"({p})" in text
+  # a run stopped before its summary shows its last evaluated epoch, marked incomplete
+  (tmp_path / "vit_seed" / "summary.json").unlink()
+  rows = report.table([report.load_run(tmp_path / "vit_seed")])
+  assert "| vit/seed | vit | seed | 3,274 | 2 |" in rows and "incomplete: stopped after epoch 2" in rows
