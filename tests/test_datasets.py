@@ -1,5 +1,4 @@
 """Data sources on fixtures the tests write themselves, plus the real JPEG tree when present."""
-import io
 import pickle
 import tarfile
 from pathlib import Path
