@@ -4,10 +4,12 @@
 set -euo pipefail
 out="${1:-experiments/results/cpu_bench}"
 mkdir -p "$out"
+bench() { python -m jax_attn.bench --against=torch --json "$@"; }
 python -m jax_attn.data_bench --json | tee "$out/data_bench.json"
-python -m jax_attn.bench --models=vit --against=torch --steps=40 --e2e_examples=6400 --json \
-  | tee "$out/bench_vit.json"
-python -m jax_attn.bench --models=vit --against=torch --steps=40 --attention_impl=fused --json \
-  | tee "$out/bench_vit_fused.json"
-python -m jax_attn.bench --models=sa_cnn --against=torch --steps=8 --rounds=2 --json \
-  | tee "$out/bench_sa_cnn.json"
+bench --models=vit --steps=40 --e2e_examples=6400 | tee "$out/bench_vit.json"
+bench --models=vit --steps=40 --cpu_kernels=xla | tee "$out/bench_vit_xla_kernels.json"
+bench --models=vit --steps=40 --attention_impl=fused | tee "$out/bench_vit_fused.json"
+bench --models=sa_cnn --steps=8 --rounds=2 --attention_impl=chunked | tee "$out/bench_sa_cnn_chunked.json"
+bench --models=sa_cnn --steps=8 --rounds=2 | tee "$out/bench_sa_cnn.json"
+bench --models=sa_cnn --steps=8 --rounds=2 --attention_impl=chunked --cpu_kernels=xla \
+  | tee "$out/bench_sa_cnn_chunked_xla_kernels.json"

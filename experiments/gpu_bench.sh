@@ -14,6 +14,8 @@ python -m jax_attn.bench --models=sa_cnn,vit --against=torch --steps=40 --e2e_ex
 python -m jax_attn.bench --models=sa_cnn,vit --dtype=bfloat16 --steps=40 --json | tee "$out/bench_bf16.json"
 python -m jax_attn.bench --models=sa_cnn --attention_impl=fused --dtype=bfloat16 --steps=40 --json \
   | tee "$out/bench_bf16_fused.json"
+python -m jax_attn.bench --models=sa_cnn --attention_impl=chunked --steps=20 --json \
+  | tee "$out/bench_f32_chunked.json"
 # 2. The notebook's SA-CNN recipe end to end (10 epochs) and the tuned SA-CNN, on real data if carried.
 data="--synthetic --synthetic_size=50000"
 [ -d .data/cifar10-jpeg/train ] && data="--image_folder=.data/cifar10-jpeg"

@@ -13,12 +13,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_attn.dropout import apply_dropout
 from jax_attn.initializers import InitStyle, layer_init
 
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
-AttentionImpl = Literal["einsum", "fused"]
-ATTENTION_IMPLS = ("einsum", "fused")
+AttentionImpl = Literal["einsum", "chunked", "fused"]
+ATTENTION_IMPLS = ("einsum", "chunked", "fused")
+CHUNK_BATCH = 1  # images per step of the "chunked" path (fastest measured on a 2-core CPU)
 
 
 def attention_scale(mode: str, head_dim: int) -> float:
@@ -60,10 +62,22 @@ def einsum_attention(
   weights = jax.nn.softmax(scores, axis=-1)
   used = weights
   if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, used.shape)
-    used = jnp.where(keep, used / (1.0 - dropout_rate), 0.0)
+    used = apply_dropout(weights, dropout_rng, dropout_rate)
   out = jnp.einsum("...hqk,...khd->...qhd", used.astype(value.dtype), value)
   return out, weights
+
+
+def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
+                      chunk: int | None = None) -> jax.Array:
+  """The einsum core over chunks of ``chunk`` batch entries, recomputed in the backward pass.
+
+  Same math as ``einsum_attention``, but the ``[chunk, heads, q_len, kv_len]``
+  scores live only inside one ``lax.map`` step (and are recomputed for the
+  gradient instead of stored), so on CPUs they stay in cache instead of
+  streaming the whole batch's matrices through memory several times.
+  """
+  core = jax.checkpoint(lambda qkv: einsum_attention(*qkv, scale=scale)[0])
+  return jax.lax.map(core, (query, key, value), batch_size=chunk or CHUNK_BATCH)
 
 
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
@@ -78,6 +92,8 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
   if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
     return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,
                             dropout_rng=dropout_rng)
+  if impl == "chunked":
+    return chunked_attention(query, key, value, scale=scale), None
   if impl != "fused":
     raise ValueError(f"attention_impl {impl!r} is unknown: use one of {ATTENTION_IMPLS}")
   extra = value.shape[-1] - query.shape[-1]
@@ -129,6 +145,19 @@ class SelfAttention2D(nn.Module):
     return (gamma.astype(out.dtype) * out + x).astype(x.dtype)
 
 
+class DenseParams(nn.Module):
+  """The kernel and bias of an ``nn.Dense(features)`` (same names, shapes and init), unapplied."""
+  features: int
+  init_style: InitStyle = "torch"
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    init = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
+            **layer_init(self.init_style, in_features)}
+    return (self.param("kernel", init["kernel_init"], (in_features, self.features)),
+            self.param("bias", init["bias_init"], (self.features,)))
+
+
 class MultiHeadSelfAttention(nn.Module):
   """Multi-head self-attention with separate q/k/v projections and an output one.
 
@@ -152,15 +181,19 @@ class MultiHeadSelfAttention(nn.Module):
           f"dimension {dim}")
     head_dim = dim // self.num_heads
 
-    def project(name: str) -> jax.Array:
-      y = nn.Dense(dim, dtype=self.dtype, name=name, **layer_init(self.init_style, dim))(x)
-      return y.reshape(batch, length, self.num_heads, head_dim)
+    # One matmul for query, key and value (their kernels side by side): on a CPU the
+    # seed ViT's small matmuls cost mostly per-op overhead. Parameters stay three Dense layers.
+    projections = [DenseParams(dim, self.init_style, name=name)(dim)
+                   for name in ("query", "key", "value")]
+    kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(self.dtype)
+    bias = jnp.concatenate([b for _, b in projections]).astype(self.dtype)
+    qkv = (x.astype(self.dtype) @ kernel + bias).reshape(batch, length, 3, self.num_heads, head_dim)
 
     dropout_rng = None
     if self.attention_dropout_rate > 0.0 and not deterministic:
       dropout_rng = self.make_rng("dropout")
     out, weights = attend(
-        project("query"), project("key"), project("value"),
+        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
         scale=attention_scale(self.scale, head_dim), impl=self.attention_impl,
         dropout_rate=self.attention_dropout_rate, dropout_rng=dropout_rng)
     _sow_weights(self, weights)

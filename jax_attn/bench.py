@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 
 from jax_attn import augment, datasets, input_pipeline, models, optim
-from jax_attn.parallel import Parallel
+from jax_attn.attention import ATTENTION_IMPLS
+from jax_attn.parallel import CPU_KERNELS, Parallel
 from jax_attn.train import create_state, make_eval_body, make_train_body
 
 _MODELS = flags.DEFINE_list("models", ["sa_cnn", "vit"], "Models to benchmark.")
@@ -29,8 +30,9 @@ _IMAGE = flags.DEFINE_integer("image_size", 32, "Image side.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per framework (median reported).")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternations between JAX and torch.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype.")
-_IMPL = flags.DEFINE_enum("attention_impl", "einsum", ["einsum", "fused"], "JAX attention path.")
+_IMPL = flags.DEFINE_enum("attention_impl", "einsum", list(ATTENTION_IMPLS), "JAX attention path.")
 _PARALLEL = flags.DEFINE_enum("parallel", "none", ["none", "pmap", "shard_map"], "JAX data parallelism.")
+_CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", "ynnpack", list(CPU_KERNELS), "XLA:CPU dot/conv kernels (CPU backend only).")
 _AGAINST = flags.DEFINE_enum("against", None, ["torch"], "Also time the PyTorch reference.")
 _E2E = flags.DEFINE_integer("e2e_examples", 0, "Also time one epoch of this many synthetic examples with data loading (0 = off).")
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
@@ -49,7 +51,7 @@ class JaxSide:
   def __init__(self, name: str):
     dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
     self.model = models.get_model(name, _PRESET.value, dtype=dtype, attention_impl=_IMPL.value)
-    self.parallel = Parallel.create(_PARALLEL.value, _BATCH.value)
+    self.parallel = Parallel.create(_PARALLEL.value, _BATCH.value, _CPU_KERNELS.value)
     tx = optim.make_optimizer("adam", optim.make_schedule("constant", 1e-3, 1))
     shape = (_IMAGE.value, _IMAGE.value, 3)
     host_state = jax.device_get(create_state(self.model, tx, 0, shape))
@@ -67,7 +69,12 @@ class JaxSide:
     self.train = train.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.eval = evaluate.lower(self.state, self.eval_batch).compile()
-    cost = self.train.cost_analysis()
+    counted = self.train
+    if _IMPL.value == "chunked":  # XLA counts a loop body once: count the einsum model's FLOPs
+      einsum_model = self.model.clone(attention_impl="einsum")
+      counted = self.parallel.wrap(make_train_body(einsum_model, tx, aug, 0.0), donate_state=False
+                                   ).lower(self.state, self.batch).compile()
+    cost = counted.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     # pmap/shard_map programs are per device: scale to the global batch.
@@ -136,6 +143,7 @@ def bench_model(name: str) -> dict[str, Any]:
   result = {
       "model": name, "preset": _PRESET.value, "params": side.params, "batch_size": _BATCH.value,
       "image_size": _IMAGE.value, "dtype": _DTYPE.value, "attention_impl": _IMPL.value,
+      "cpu_kernels": _CPU_KERNELS.value if jax.default_backend() == "cpu" else None,
       "parallel": _PARALLEL.value, "backend": jax.default_backend(), "device_kind": kind,
       "devices": side.parallel.num_devices, "compile_s": side.compile_s,
       "train_step_ms": step * 1e3, "train_images_per_sec": _BATCH.value / step,

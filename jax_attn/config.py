@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jax_attn.attention import ATTENTION_IMPLS
 from jax_attn.augment import AugmentConfig
 from jax_attn.datasets import DataConfig
 from jax_attn.errors import UserError
+from jax_attn.parallel import CPU_KERNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +36,8 @@ class TrainConfig:
   seed: int = 0
   parallel: str = "none"
   dtype: str = "float32"
-  attention_impl: str = "einsum"      # or "fused" (jax.nn.dot_product_attention); same params
+  attention_impl: str = "einsum"      # or "chunked" (per image, fast on CPU) or "fused"; same params
+  cpu_kernels: str = "ynnpack"        # XLA:CPU dot/conv kernels: ynnpack or xla (CPU backend only)
   max_steps: int | None = None
   eval_every_epochs: int = 1
   checkpoint_every_steps: int = 500
@@ -110,8 +113,10 @@ def _validate(config: TrainConfig) -> None:
       (config.log_every_steps >= 1, f"--log_every_steps={config.log_every_steps} must be >= 1"),
       (0 <= config.label_smoothing < 1, f"--label_smoothing={config.label_smoothing} must be in [0, 1)"),
       (config.dtype in ("float32", "bfloat16"), f"--dtype={config.dtype}: use float32 or bfloat16"),
-      (config.attention_impl in ("einsum", "fused"),
-       f"--attention_impl={config.attention_impl}: use einsum or fused"),
+      (config.attention_impl in ATTENTION_IMPLS,
+       f"--attention_impl={config.attention_impl}: use one of {', '.join(ATTENTION_IMPLS)}"),
+      (config.cpu_kernels in CPU_KERNELS,
+       f"--cpu_kernels={config.cpu_kernels}: use one of {', '.join(CPU_KERNELS)}"),
       (config.augment.crop_padding >= 0 and config.augment.cutout >= 0,
        "--augment_crop_padding and --augment_cutout must be >= 0"),
   ]

@@ -33,7 +33,8 @@ _SEED = flags.DEFINE_integer("seed", None, "Seed of every random choice (init, d
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint directory; rerunning in it resumes. Default runs/MODEL_RECIPE.")
 _PARALLEL = flags.DEFINE_enum("parallel", None, parallel.PARALLEL_MODES, "Data parallelism; default pmap with several devices, else none.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (params, softmax and loss stay float32).")
-_ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, ["einsum", "fused"], "einsum = the explicit reference core; fused = jax.nn.dot_product_attention (no sown weights).")
+_ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, ["einsum", "chunked", "fused"], "einsum = the explicit reference core; chunked = the same core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = jax.nn.dot_product_attention. chunked/fused sow no weights.")
+_CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", None, ["ynnpack", "xla"], "On a CPU backend: ynnpack (default) hands dots/convolutions to XLA's YNNPACK library; xla uses XLA's own kernels.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (smoke runs).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", None, "Evaluate every N epochs (and always at the end).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", None, "Checkpoint every N steps (and at every epoch end).")
@@ -90,7 +91,8 @@ def build_config():
       batch_size=_BATCH.value, learning_rate=_LR.value, optimizer=_OPTIMIZER.value,
       schedule=_SCHEDULE.value, warmup_epochs=_WARMUP.value, weight_decay=_WD.value,
       momentum=_MOMENTUM.value, grad_clip_norm=_CLIP.value, label_smoothing=_SMOOTHING.value,
-      seed=_SEED.value, parallel=mode, dtype=_DTYPE.value, attention_impl=_ATTENTION_IMPL.value, max_steps=_MAX_STEPS.value,
+      seed=_SEED.value, parallel=mode, dtype=_DTYPE.value, attention_impl=_ATTENTION_IMPL.value,
+      cpu_kernels=_CPU_KERNELS.value, max_steps=_MAX_STEPS.value,
       eval_every_epochs=_EVAL_EVERY.value, checkpoint_every_steps=_CKPT_EVERY.value,
       keep_checkpoints=_KEEP.value, log_every_steps=_LOG_EVERY.value, data=data,
       augment_normalization=_NORMALIZATION.value, augment_crop_padding=_CROP.value,

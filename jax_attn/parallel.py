@@ -20,6 +20,19 @@ from jax_attn.errors import UserError
 
 AXIS = "batch"
 PARALLEL_MODES = ("none", "pmap", "shard_map")
+CPU_KERNELS = ("ynnpack", "xla")
+# XLA:CPU hands dots and convolutions to YNNPACK (XNNPACK's successor) with this option;
+# measured ~2x faster convolutions on the project's 2-core CPU (experiments/README.md).
+_YNNPACK_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options(cpu_kernels: str) -> dict[str, str] | None:
+  """Per-jit XLA options: on a CPU backend, ``ynnpack`` or XLA's own ``xla`` kernels."""
+  if cpu_kernels not in CPU_KERNELS:
+    raise UserError(f"--cpu_kernels={cpu_kernels} is unknown: use one of {', '.join(CPU_KERNELS)}")
+  if cpu_kernels == "xla" or jax.default_backend() != "cpu":
+    return None
+  return dict(_YNNPACK_OPTIONS)
 StepBody = Callable[[Any, Any, "str | None"], Any]
 
 
@@ -29,9 +42,10 @@ class Parallel:
   mode: str
   global_batch: int
   mesh: Mesh | None = None
+  compiler_options: dict[str, str] | None = None
 
   @classmethod
-  def create(cls, mode: str, global_batch: int) -> "Parallel":
+  def create(cls, mode: str, global_batch: int, cpu_kernels: str = "ynnpack") -> "Parallel":
     if mode not in PARALLEL_MODES:
       raise UserError(f"--parallel={mode} is unknown: use one of {', '.join(PARALLEL_MODES)}")
     if mode == "none" and jax.process_count() > 1:
@@ -41,7 +55,7 @@ class Parallel:
     if global_batch < 1 or global_batch % len(devices):
       raise UserError(f"--batch_size={global_batch} is not divisible by the {len(devices)} "
                       f"devices of --parallel={mode}: use a multiple of {len(devices)}")
-    return cls(mode, global_batch, Mesh(np.array(devices), (AXIS,)))
+    return cls(mode, global_batch, Mesh(np.array(devices), (AXIS,)), compiler_options(cpu_kernels))
 
   @property
   def num_devices(self) -> int:
@@ -53,10 +67,14 @@ class Parallel:
     return self.global_batch // (1 if self.mode == "none" else jax.process_count())
 
   def wrap(self, body: StepBody, donate_state: bool) -> Callable[[Any, Any], Any]:
-    """The same body as a jitted single-device, pmapped or shard_mapped function."""
+    """The same body as a jitted single-device, pmapped or shard_mapped function.
+
+    ``jax.pmap`` takes no compiler options, so pmap always uses XLA's own kernels.
+    """
     donate = (0,) if donate_state else ()
+    jit = functools.partial(jax.jit, donate_argnums=donate, compiler_options=self.compiler_options)
     if self.mode == "none":
-      return jax.jit(functools.partial(body, axis_name=None), donate_argnums=donate)
+      return jit(functools.partial(body, axis_name=None))
     per_device = functools.partial(body, axis_name=AXIS)
     if self.mode == "pmap":
       return jax.pmap(per_device, axis_name=AXIS, donate_argnums=donate)
@@ -64,7 +82,7 @@ class Parallel:
     # and the body averages them itself (with it on, autodiff would already sum them).
     mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
                            check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate)
+    return jit(mapped)
 
   @functools.cached_property
   def _batch_sharding(self) -> NamedSharding:

@@ -49,10 +49,6 @@ def make_train_body(model: nn.Module, tx: optax.GradientTransformation,
     dropout_key = jax.random.fold_in(step_key, 1)
     if axis_name is not None:
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-    # Dropout masks from XLA's RngBitGenerator: several times cheaper than threefry, and
-    # still a pure function of (seed, step, device).
-    dropout_key = jax.random.wrap_key_data(
-        jax.random.bits(dropout_key, (4,), jnp.uint32), impl="rbg")
     labels = batch["label"]
 
     def loss_fn(params):

@@ -30,7 +30,7 @@ class _Run:
   def __init__(self, config: TrainConfig, workdir: Path):
     self.config, self.workdir = config, workdir
     self.writer = MetricsWriter(workdir)
-    self.parallel = Parallel.create(config.parallel, config.batch_size)
+    self.parallel = Parallel.create(config.parallel, config.batch_size, config.cpu_kernels)
     self.train_split, self.eval_split, self.train_spec, self.eval_spec = datasets.load_train_eval(
         config.data, config.num_classes, self.writer.log)
     image_shape = self.train_split.images.shape[1:]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jax_attn.attention import (MultiHeadSelfAttention, SelfAttention2D, attention_scale,
-                                einsum_attention)
+                                chunked_attention, einsum_attention)
 
 
 def test_core_matches_naive_softmax_attention():
@@ -101,13 +101,33 @@ class MultiHeadSelfAttentionTest(chex.TestCase):
     assert not np.allclose(train_out, eval_out)
 
 
+@pytest.mark.parametrize("impl", ["fused", "chunked"])
 @pytest.mark.parametrize("layer, shape", [
-    (SelfAttention2D(), (2, 4, 4, 16)), (MultiHeadSelfAttention(num_heads=2), (2, 5, 8))])
-def test_fused_impl_matches_einsum(layer, shape):
+    (SelfAttention2D(), (3, 4, 4, 16)), (MultiHeadSelfAttention(num_heads=2), (3, 5, 8))])
+def test_other_impls_match_einsum_values_and_gradients(layer, shape, impl):
   x = jax.random.normal(jax.random.key(0), shape)
   variables = layer.init(jax.random.key(1), x)
   if "gamma" in variables["params"]:
     variables = {"params": {**variables["params"], "gamma": jnp.float32(0.5)}}
-  fused = layer.clone(attention_impl="fused")
-  np.testing.assert_allclose(fused.apply(variables, x), layer.apply(variables, x),
+  other = layer.clone(attention_impl=impl)
+  np.testing.assert_allclose(other.apply(variables, x), layer.apply(variables, x),
                              rtol=1e-5, atol=1e-5)
+  loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
+  expected = jax.grad(loss(layer), argnums=(0, 1))(variables, x)
+  got = jax.grad(loss(other), argnums=(0, 1))(variables, x)
+  chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_core_handles_a_batch_that_chunks_do_not_divide():
+  q, k, v = (jax.random.normal(jax.random.key(i), (5, 6, 2, 4)) for i in range(3))
+  expected, _ = einsum_attention(q, k, v, scale=0.5)
+  np.testing.assert_allclose(chunked_attention(q, k, v, scale=0.5, chunk=2), expected,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_impl_sows_nothing():
+  layer = SelfAttention2D(attention_impl="chunked")
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16))
+  variables = layer.init(jax.random.key(1), x)
+  out, state = layer.apply(variables, x, mutable=["intermediates"])
+  assert out.shape == x.shape and not state.get("intermediates")

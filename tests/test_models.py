@@ -1,7 +1,9 @@
 """Both model families: exact seed sizes, shapes, presets and bad configurations."""
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import parameterized
 
@@ -97,3 +99,26 @@ def test_tuned_presets_stay_within_the_budget():
   for name in ("sa_cnn", "vit"):
     count = models.count_params(models.param_shapes(models.get_model(name, "tuned"), (32, 32, 3)))
     assert 400_000 < count <= 550_000, (name, count)
+
+
+def test_patch_embedding_is_the_strided_convolution():
+  from jax_attn.vit import PatchEmbedding
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  for style in ("torch", "flax"):
+    embed = PatchEmbedding(24, 8, init_style=style)
+    variables = embed.init(jax.random.key(1), images)
+    conv = nn.Conv(24, (8, 8), strides=(8, 8), padding="VALID")
+    expected = conv.apply(variables, images).reshape(2, 16, 24)
+    np.testing.assert_allclose(embed.apply(variables, images), expected, rtol=1e-5, atol=1e-5)
+  # Same initial values as the nn.Conv it replaces (Flax init style: same initialisers).
+  conv_init = nn.Conv(24, (8, 8), strides=(8, 8)).init(jax.random.key(1), images)
+  chex.assert_trees_all_close(PatchEmbedding(24, 8, init_style="flax").init(
+      jax.random.key(1), images), conv_init)
+
+
+def test_fused_query_key_value_keep_dense_parameters():
+  from jax_attn.attention import DenseParams
+  x = jnp.ones((2, 5, 16))
+  dense = nn.Dense(16).init(jax.random.key(0), x)
+  chex.assert_trees_all_close(DenseParams(16, init_style="flax").init(jax.random.key(0), 16),
+                              dense)

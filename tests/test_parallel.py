@@ -53,3 +53,39 @@ def test_pmap_and_shard_map_match_single_device(name):
   assert report["moved"] > 1e-3  # 20 steps really changed the params
   assert report["diffs"]["pmap"] < 1e-5, report
   assert report["diffs"]["shard_map"] < 1e-5, report
+
+
+def test_cpu_kernels_choose_per_jit_compiler_options():
+  from jax_attn.errors import UserError
+  from jax_attn.parallel import compiler_options
+  assert compiler_options("xla") is None
+  assert compiler_options("ynnpack") == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+  with pytest.raises(UserError, match="--cpu_kernels=bogus is unknown"):
+    compiler_options("bogus")
+
+
+def test_ynnpack_and_xla_kernels_train_alike():
+  import jax
+  import numpy as np
+  from jax_attn import augment, datasets, input_pipeline, models, optim
+  from jax_attn.parallel import Parallel
+  from jax_attn.train import create_state, make_train_body
+
+  model = models.get_model("sa_cnn", "tiny")
+  tx = optim.make_optimizer("sgd", optim.make_schedule("constant", 0.05, 5))
+  host_state = jax.device_get(create_state(model, tx, 0, (8, 8, 3)))
+  split = datasets.SyntheticSource(80, 8).load("train")
+  params = {}
+  for kernels in ("ynnpack", "xla"):
+    parallel = Parallel.create("none", 16, kernels)
+    step = parallel.wrap(make_train_body(model, tx, augment.AugmentConfig(), 0.0), False)
+    state = parallel.replicate(host_state)
+    for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=16):
+      state, _ = step(state, parallel.put_batch(batch))
+    params[kernels] = jax.tree.leaves(parallel.to_host(state).params)
+  moved = max(float(np.max(np.abs(a - b)))
+              for a, b in zip(jax.tree.leaves(host_state.params), params["xla"]))
+  assert moved > 1e-3
+  for a, b in zip(params["ynnpack"], params["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
