@@ -83,11 +83,12 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, sca
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
            impl: str = "einsum", dropout_rate: float = 0.0,
            dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-  """Dispatches to the einsum core (the reference) or ``jax.nn.dot_product_attention``.
+  """Dispatches to the einsum core (the reference), its chunked form, or
+  ``jax.nn.dot_product_attention``.
 
-  The fused path returns no weights (nothing is sown) and is used only without
-  attention dropout; a value wider than the keys (SAGAN) gets zero-padded q/k,
-  which leaves every score unchanged.
+  The chunked and fused paths return no weights (nothing is sown) and are used only
+  without attention dropout; for the fused path a value wider than the keys (SAGAN)
+  gets zero-padded q/k, which leaves every score unchanged.
   """
   if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
     return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,

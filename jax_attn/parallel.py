@@ -33,6 +33,8 @@ def compiler_options(cpu_kernels: str) -> dict[str, str] | None:
   if cpu_kernels == "xla" or jax.default_backend() != "cpu":
     return None
   return dict(_YNNPACK_OPTIONS)
+
+
 StepBody = Callable[[Any, Any, "str | None"], Any]
 
 
