@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_attn.dropout import apply_dropout
-from jax_attn.initializers import InitStyle, layer_init
+from jax_attn.initializers import InitStyle, layer_init, param_initializers
 
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
@@ -153,10 +153,9 @@ class DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-    init = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
-            **layer_init(self.init_style, in_features)}
-    return (self.param("kernel", init["kernel_init"], (in_features, self.features)),
-            self.param("bias", init["bias_init"], (self.features,)))
+    kernel_init, bias_init = param_initializers(self.init_style, in_features)
+    return (self.param("kernel", kernel_init, (in_features, self.features)),
+            self.param("bias", bias_init, (self.features,)))
 
 
 class MultiHeadSelfAttention(nn.Module):

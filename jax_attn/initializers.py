@@ -28,3 +28,11 @@ def layer_init(style: str, fan_in: int) -> dict[str, Any]:
 
   return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
           "bias_init": bias_init}
+
+
+def param_initializers(style: str, fan_in: int) -> tuple[Any, Any]:
+  """``(kernel_init, bias_init)`` for a layer that creates its own params: ``layer_init``'s
+  choice, or for ``flax`` the ``nn.Dense``/``nn.Conv`` defaults (lecun_normal, zeros)."""
+  inits = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
+           **layer_init(style, fan_in)}
+  return inits["kernel_init"], inits["bias_init"]

@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jax_attn import augment, distributed, optim, parallel
+from jax_attn import attention, augment, distributed, optim, parallel
 from jax_attn.datasets import DataConfig
 from jax_attn.errors import UserError
 
@@ -33,8 +33,8 @@ _SEED = flags.DEFINE_integer("seed", None, "Seed of every random choice (init, d
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output and checkpoint directory; rerunning in it resumes. Default runs/MODEL_RECIPE.")
 _PARALLEL = flags.DEFINE_enum("parallel", None, parallel.PARALLEL_MODES, "Data parallelism; default pmap with several devices, else none.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (params, softmax and loss stay float32).")
-_ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, ["einsum", "chunked", "fused"], "einsum = the explicit reference core; chunked = the same core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = jax.nn.dot_product_attention. chunked/fused sow no weights.")
-_CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", None, ["ynnpack", "xla"], "On a CPU backend: ynnpack (default) hands dots/convolutions to XLA's YNNPACK library; xla uses XLA's own kernels.")
+_ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, attention.ATTENTION_IMPLS, "einsum = the explicit reference core; chunked = the same core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = jax.nn.dot_product_attention. chunked/fused sow no weights.")
+_CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", None, parallel.CPU_KERNELS, "On a CPU backend: ynnpack (default) hands dots/convolutions to XLA's YNNPACK library; xla uses XLA's own kernels.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (smoke runs).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", None, "Evaluate every N epochs (and always at the end).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", None, "Checkpoint every N steps (and at every epoch end).")

@@ -52,8 +52,8 @@ def _fmt(value: Any, spec: str) -> str:
 def table(runs: list[dict[str, Any]]) -> str:
   rows = ["| run | model | recipe | parameters | epochs | eval accuracy | eval loss | eval split "
           "| train wall (s) | train img/s | device |", "|" + "---|" * 11]
-  for run in runs:
-    s = run["summary"] or _partial_summary(run)
+  summaries = [run["summary"] or _partial_summary(run) for run in runs]
+  for run, s in zip(runs, summaries):
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
@@ -61,8 +61,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
         f"{s.get('devices', '-')} x {s.get('device_kind', '-')} |")
-  present = {(r["config"]["model"], r["config"]["recipe"]) for r in runs
-             if r["summary"] or _partial_summary(r)}
+  present = {(r["config"]["model"], r["config"]["recipe"]) for r, s in zip(runs, summaries) if s}
   for recipe, per_model in sorted(config_lib.RECIPES.items()):
     for model in sorted(per_model):
       if (model, recipe) not in present:

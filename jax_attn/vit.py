@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jax_attn.attention import AttentionImpl, MultiHeadSelfAttention, ScaleMode
 from jax_attn.dropout import Dropout
-from jax_attn.initializers import InitStyle, layer_init
+from jax_attn.initializers import InitStyle, layer_init, param_initializers
 
 # torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
 LAYER_NORM_EPSILON = 1e-5
@@ -33,10 +33,9 @@ class PatchEmbedding(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     batch, height, width, channels = images.shape
     p = self.patch_size
-    init = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
-            **layer_init(self.init_style, p * p * channels)}
-    kernel = self.param("kernel", init["kernel_init"], (p, p, channels, self.hidden_dim))
-    bias = self.param("bias", init["bias_init"], (self.hidden_dim,))
+    kernel_init, bias_init = param_initializers(self.init_style, p * p * channels)
+    kernel = self.param("kernel", kernel_init, (p, p, channels, self.hidden_dim))
+    bias = self.param("bias", bias_init, (self.hidden_dim,))
     patches = images.reshape(batch, height // p, p, width // p, p, channels)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, p * p * channels)
     kernel = kernel.reshape(p * p * channels, self.hidden_dim)
