@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_attn.dropout import apply_dropout
-from jax_attn.initializers import InitStyle, layer_init, param_initializers
+from jax_attn.initializers import InitStyle, layer_init
+from jax_attn.linear import Dense, DenseParams, matmul
 
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
@@ -146,18 +147,6 @@ class SelfAttention2D(nn.Module):
     return (gamma.astype(out.dtype) * out + x).astype(x.dtype)
 
 
-class DenseParams(nn.Module):
-  """The kernel and bias of an ``nn.Dense(features)`` (same names, shapes and init), unapplied."""
-  features: int
-  init_style: InitStyle = "torch"
-
-  @nn.compact
-  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-    kernel_init, bias_init = param_initializers(self.init_style, in_features)
-    return (self.param("kernel", kernel_init, (in_features, self.features)),
-            self.param("bias", bias_init, (self.features,)))
-
-
 class MultiHeadSelfAttention(nn.Module):
   """Multi-head self-attention with separate q/k/v projections and an output one.
 
@@ -172,9 +161,16 @@ class MultiHeadSelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, *, deterministic: bool = True,
+               num_queries: int | None = None) -> jax.Array:
+    """``[batch, length, dim] -> [batch, num_queries or length, dim]``.
+
+    With ``num_queries`` only the first ``num_queries`` tokens ask (all tokens are
+    still keys and values): the same outputs for those tokens, for less work.
+    """
     chex.assert_rank(x, 3)
     batch, length, dim = x.shape
+    queries = length if num_queries is None else num_queries
     if self.num_heads < 1 or dim % self.num_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be positive and divide the model "
@@ -187,15 +183,22 @@ class MultiHeadSelfAttention(nn.Module):
                    for name in ("query", "key", "value")]
     kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(self.dtype)
     bias = jnp.concatenate([b for _, b in projections]).astype(self.dtype)
-    qkv = (x.astype(self.dtype) @ kernel + bias).reshape(batch, length, 3, self.num_heads, head_dim)
+    x = x.astype(self.dtype)
+    if queries == length:
+      qkv = (matmul(x, kernel) + bias).reshape(batch, length, 3, self.num_heads, head_dim)
+      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      query = (matmul(x[:, :queries], kernel[:, :dim]) + bias[:dim]).reshape(
+          batch, queries, self.num_heads, head_dim)
+      kv = (matmul(x, kernel[:, dim:]) + bias[dim:]).reshape(batch, length, 2, self.num_heads, head_dim)
+      key, value = kv[:, :, 0], kv[:, :, 1]
 
     dropout_rng = None
     if self.attention_dropout_rate > 0.0 and not deterministic:
       dropout_rng = self.make_rng("dropout")
     out, weights = attend(
-        qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-        scale=attention_scale(self.scale, head_dim), impl=self.attention_impl,
+        query, key, value, scale=attention_scale(self.scale, head_dim), impl=self.attention_impl,
         dropout_rate=self.attention_dropout_rate, dropout_rng=dropout_rng)
     _sow_weights(self, weights)
-    out = out.reshape(batch, length, dim)
-    return nn.Dense(dim, dtype=self.dtype, name="out", **layer_init(self.init_style, dim))(out)
+    out = out.reshape(batch, queries, dim)
+    return Dense(dim, self.init_style, self.dtype, name="out")(out)

@@ -46,12 +46,21 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
   return random_bits(key, shape) < jnp.uint32(threshold)
 
 
-def apply_dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-  """Inverted dropout: zero entries with probability ``rate``, scale the rest by 1/(1-rate)."""
+def apply_dropout(x: jax.Array, key: jax.Array, rate: float,
+                  full_shape: tuple[int, ...] | None = None) -> jax.Array:
+  """Inverted dropout: zero entries with probability ``rate``, scale the rest by 1/(1-rate).
+
+  With ``full_shape``, ``x`` is the leading corner ``full[:n0, :n1, ...]`` of a tensor
+  of that shape and gets exactly the entries of that tensor's mask (computing only a
+  slice of a model must not change its random draws).
+  """
   if rate == 0.0:
     return x
+  mask = keep_mask(key, rate, tuple(full_shape or x.shape))
+  if full_shape is not None:
+    mask = mask[tuple(slice(0, n) for n in x.shape)]
   scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
-  return jnp.where(keep_mask(key, rate, x.shape), x * scale, jnp.zeros_like(x))
+  return jnp.where(mask, x * scale, jnp.zeros_like(x))
 
 
 class Dropout(nn.Module):
@@ -60,8 +69,9 @@ class Dropout(nn.Module):
   deterministic: bool | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool | None = None,
+               full_shape: tuple[int, ...] | None = None) -> jax.Array:
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     if deterministic or self.rate == 0.0:
       return x
-    return apply_dropout(x, self.make_rng("dropout"), self.rate)
+    return apply_dropout(x, self.make_rng("dropout"), self.rate, full_shape)

@@ -31,6 +31,12 @@ PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
         "tuned": {"patch_size": 4, "hidden_dim": 128, "num_heads": 4, "mlp_dim": 256, "depth": 4,
                   "dropout_rate": 0.0, "attention_scale": "inv_sqrt_dim", "norm_position": "pre",
                   "token_init_std": 0.02, "init_style": "flax"},
+        # Convolutional tokens (3x3 conv 64 -> pool -> 3x3 conv 128 -> pool: 8x8 tokens + class),
+        # 4 pre-norm blocks of width 128 with a 128-wide MLP (~ CCT-4/3x2, with a class token).
+        "tuned_conv": {"tokenizer": "conv", "stem_widths": (64,), "hidden_dim": 128,
+                       "num_heads": 4, "mlp_dim": 128, "depth": 4, "dropout_rate": 0.0,
+                       "attention_scale": "inv_sqrt_dim", "norm_position": "pre",
+                       "token_init_std": 0.02, "init_style": "flax"},
     },
 }
 

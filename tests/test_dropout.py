@@ -60,3 +60,13 @@ def test_module_is_a_drop_in_for_flax_dropout():
   with pytest.raises(Exception, match="dropout"):  # needs the same rng collection as nn.Dropout
     layer.apply({}, x, deterministic=False)
   assert isinstance(layer, nn.Module)
+
+
+def test_a_slice_gets_the_full_tensors_mask():
+  """Computing only part of a layer's output must not change the random draws."""
+  full = jnp.ones((3, 5, 4))
+  expected = np.asarray(apply_dropout(full, jax.random.key(7), 0.5))[:, :2]
+  got = apply_dropout(full[:, :2], jax.random.key(7), 0.5, full_shape=full.shape)
+  np.testing.assert_array_equal(got, expected)
+  own = apply_dropout(full[:, :2], jax.random.key(7), 0.5)
+  assert not np.array_equal(own, expected)  # without full_shape the mask is the slice's own

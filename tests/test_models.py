@@ -63,7 +63,7 @@ def test_sa_cnn_batch_norm_pooling_variant():
 
 
 @pytest.mark.parametrize("name, overrides, image, message", [
-    ("vit", {"patch_size": 5}, 16, "16x16 is not divisible by patch size 5"),
+    ("vit", {"patch_size": 5}, 16, "16x16 is not divisible by the patch tokenizer's stride 5"),
     ("vit", {"num_heads": 3}, 8, "num_heads=3 does not divide hidden_dim=16"),
     ("vit", {"hidden_dim": 0}, 8, "hidden_dim must be positive"),
     ("sa_cnn", {"widths": (8, 0)}, 8, "widths must be positive"),
@@ -96,9 +96,9 @@ def test_torch_init_style_matches_pytorch_default_ranges():
 
 
 def test_tuned_presets_stay_within_the_budget():
-  for name in ("sa_cnn", "vit"):
-    count = models.count_params(models.param_shapes(models.get_model(name, "tuned"), (32, 32, 3)))
-    assert 400_000 < count <= 550_000, (name, count)
+  for name, preset in (("sa_cnn", "tuned"), ("vit", "tuned"), ("vit", "tuned_conv")):
+    count = models.count_params(models.param_shapes(models.get_model(name, preset), (32, 32, 3)))
+    assert 400_000 < count <= 550_000, (name, preset, count)
 
 
 def test_patch_embedding_is_the_strided_convolution():
@@ -116,9 +116,46 @@ def test_patch_embedding_is_the_strided_convolution():
       jax.random.key(1), images), conv_init)
 
 
-def test_fused_query_key_value_keep_dense_parameters():
-  from jax_attn.attention import DenseParams
-  x = jnp.ones((2, 5, 16))
-  dense = nn.Dense(16).init(jax.random.key(0), x)
-  chex.assert_trees_all_close(DenseParams(16, init_style="flax").init(jax.random.key(0), 16),
-                              dense)
+@pytest.mark.parametrize("preset_overrides", [
+    {"dropout_rate": 0.3},  # post-norm (seed layout)
+    {"dropout_rate": 0.3, "norm_position": "pre"},
+    {"dropout_rate": 0.3, "tokenizer": "conv", "stem_widths": (8,)},
+])
+def test_vit_class_token_only_last_block_is_exact(preset_overrides):
+  """The last block computes only the class token unless weights are collected: same
+  logits and gradients (dropout included) as the full computation."""
+  model = models.get_model("vit", "tiny", depth=2, **preset_overrides)
+  params = models.init_variables(model, jax.random.key(0), (8, 8, 3))["params"]
+  images = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+
+  def loss(p, collect):
+    out = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.key(2)},
+                      mutable=["intermediates"] if collect else False)
+    logits = out[0] if collect else out
+    return jnp.sum(jnp.sin(3 * logits)), logits
+
+  (short, short_logits), short_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
+  (full, full_logits), full_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+  np.testing.assert_allclose(short_logits, full_logits, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(short_grads, full_grads, rtol=1e-4, atol=1e-6)
+  # The shortcut really skips work: the full path's jaxpr is larger.
+  count = lambda collect: len(jax.make_jaxpr(lambda p: loss(p, collect))(params).eqns)  # noqa: E731
+  assert count(False) != count(True)
+
+
+def test_vit_conv_tokenizer():
+  model = models.get_model("vit", "tiny", tokenizer="conv", stem_widths=(8, 12))
+  variables = models.init_variables(model, jax.random.key(0), (16, 16, 3))
+  stem = variables["params"]["conv_tokenizer"]
+  assert stem["conv1"]["kernel"].shape == (3, 3, 3, 8)
+  assert stem["conv3"]["kernel"].shape == (3, 3, 12, 16)  # the last layer gives hidden_dim
+  assert "patch_embedding" not in variables["params"]
+  # 16x16 halved three times: 2x2 = 4 tokens + the class token.
+  assert variables["params"]["pos_embedding"]["pos_embedding"].shape == (1, 5, 16)
+  logits = model.apply(variables, jnp.ones((2, 16, 16, 3)))
+  chex.assert_shape(logits, (2, 10))
+  with pytest.raises(ValueError, match="not divisible by the conv tokenizer's stride 8"):
+    models.init_variables(model, jax.random.key(0), (12, 12, 3))
+  with pytest.raises(ValueError, match="unknown tokenizer 'pixels'"):
+    models.init_variables(models.get_model("vit", "tiny", tokenizer="pixels"),
+                          jax.random.key(0), (8, 8, 3))

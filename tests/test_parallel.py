@@ -60,7 +60,8 @@ def test_cpu_kernels_choose_per_jit_compiler_options():
   from jax_attn.parallel import compiler_options
   assert compiler_options("xla") is None
   assert compiler_options("ynnpack") == {
-      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+      "xla_cpu_multi_thread_eigen": False}
   with pytest.raises(UserError, match="--cpu_kernels=bogus is unknown"):
     compiler_options("bogus")
 
