@@ -49,14 +49,20 @@ def _fmt(value: Any, spec: str) -> str:
   return "not run" if value is None else format(value, spec)
 
 
+def _architecture(config: dict[str, Any]) -> str:
+  """The model preset and any ``--model_arg`` overrides, e.g. ``tuned, attention_stages=()``."""
+  overrides = [f"{k}={v}" for k, v in sorted((config.get("model_overrides") or {}).items())]
+  return ", ".join([str(config.get("preset", "-"))] + overrides)
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-  rows = ["| run | model | recipe | parameters | epochs | eval accuracy | eval loss | eval split "
-          "| train wall (s) | train img/s | device |", "|" + "---|" * 11]
+  rows = ["| run | model | recipe | preset | parameters | epochs | eval accuracy | eval loss "
+          "| eval split | train wall (s) | train img/s | device |", "|" + "---|" * 12]
   summaries = [run["summary"] or _partial_summary(run) for run in runs]
   for run, s in zip(runs, summaries):
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
-        f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
+        f"{_architecture(run['config'])} | {_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_fmt(s.get('eval_accuracy'), '.2%')} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
@@ -65,7 +71,7 @@ def table(runs: list[dict[str, Any]]) -> str:
   for recipe, per_model in sorted(config_lib.RECIPES.items()):
     for model in sorted(per_model):
       if (model, recipe) not in present:
-        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 8)
+        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 9)
   return "\n".join(rows)
 
 

@@ -1,4 +1,4 @@
-"""Vision Transformer: patch embedding, <class> token, position embeddings, encoder blocks."""
+"""Vision Transformer: patch or convolutional tokens, <class> token, positions, encoder blocks."""
 from __future__ import annotations
 
 from typing import Literal, Sequence

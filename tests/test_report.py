@@ -11,9 +11,11 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
     main_cli([f"--model={model}", *TINY, "--epochs=2", f"--workdir={workdir}"])
     runs.append(str(workdir))
   path = report.write_report(runs, str(tmp_path / "out"), images=2)
+  assert report._architecture({"preset": "tuned", "model_overrides": {"attention_stages": ()}}
+                              ) == "tuned, attention_stages=()"
   text = path.read_text()
-  assert "| sa_cnn/seed | sa_cnn | seed | 3,274 |" in text
-  assert "| vit/seed | vit | seed | 3,274 |" in text
+  assert "| sa_cnn/seed | sa_cnn | seed | tiny | 3,274 |" in text
+  assert "| vit/seed | vit | seed | tiny | 3,274 |" in text
   pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
   assert "curves.png" in pngs
   assert sum(p.startswith("attention_sa_cnn") for p in pngs) == 2
@@ -24,4 +26,5 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   # a run stopped before its summary shows its last evaluated epoch, marked incomplete
   (tmp_path / "vit_seed" / "summary.json").unlink()
   rows = report.table([report.load_run(tmp_path / "vit_seed")])
-  assert "| vit/seed | vit | seed | 3,274 | 2 |" in rows and "incomplete: stopped after epoch 2" in rows
+  assert "| vit/seed | vit | seed | tiny | 3,274 | 2 |" in rows
+  assert "incomplete: stopped after epoch 2" in rows
