@@ -138,7 +138,10 @@ def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.nda
                                              if state.get("batch_stats") else {})}
   inputs = augment.normalize(jnp.asarray(images), config.augment.normalization)
   _, sown = model.apply(variables, inputs, mutable=["intermediates"])
-  flat = jax.tree_util.tree_flatten_with_path(sown["intermediates"])[0]
+  flat = jax.tree_util.tree_flatten_with_path(sown.get("intermediates", {}))[0]
+  if not flat:
+    raise UserError(f"the model of {run['dir'].name} has no attention layers "
+                    f"({_architecture(run['config'])})")
   layers = [np.asarray(w) for path, w in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0]))]
   return images, layers, eval_spec
 

@@ -28,3 +28,14 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   rows = report.table([report.load_run(tmp_path / "vit_seed")])
   assert "| vit/seed | vit | seed | tiny | 3,274 | 2 |" in rows
   assert "incomplete: stopped after epoch 2" in rows
+
+
+def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_path):
+  """An ablation without attention layers is tabled, and its maps are 'not drawn' with why."""
+  workdir = tmp_path / "sa_cnn_no_attention"
+  main_cli(["--model=sa_cnn", *TINY, "--epochs=1", "--model_arg=attention_stages=()",
+            f"--workdir={workdir}"])
+  text = report.write_report([str(workdir)], str(tmp_path / "out"), images=1).read_text()
+  assert "| sa_cnn/seed (sa_cnn_no_attention) | sa_cnn | seed | tiny, attention_stages=[] |" in text
+  assert "not drawn: the model of sa_cnn_no_attention has no attention layers" in text
+  assert not list((tmp_path / "out").glob("attention_*.png"))
