@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jax_attn.attention import AttentionImpl, ScaleMode, SelfAttention2D
 from jax_attn.initializers import InitStyle, layer_init
+from jax_attn.linear import Dense
 
 
 class SACNN(nn.Module):
@@ -78,7 +79,7 @@ class SACNN(nn.Module):
                   name=f"conv{layer + 1}", **layer_init(self.init_style, 9 * x.shape[-1]))(x)
       logits = jnp.mean(nn.relu(x), axis=(1, 2))
     else:
-      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                        **layer_init(self.init_style, x.shape[-1]))(jnp.mean(x, axis=(1, 2)))
+      logits = Dense(self.num_classes, self.init_style, self.dtype, name="head")(
+          jnp.mean(x, axis=(1, 2)))
     chex.assert_shape(logits, (images.shape[0], self.num_classes))
     return logits.astype(jnp.float32)
