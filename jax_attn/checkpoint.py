@@ -29,13 +29,14 @@ def check_resumable(workdir: Path, config: dict[str, Any], log: Callable[[str], 
     previous = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise UserError(f"{path} is unreadable ({e}): move it away or use another --workdir") from None
-  clashes = [f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in ARCHITECTURE_KEYS
-             if json.dumps(previous.get(k)) != json.dumps(config.get(k))]
+  def differs(key: str) -> bool:  # key order is not a change: config.json is written sorted
+    return json.dumps(previous.get(key), sort_keys=True) != json.dumps(config.get(key), sort_keys=True)
+
+  clashes = [f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in ARCHITECTURE_KEYS if differs(k)]
   if clashes:
     raise UserError(f"--workdir={workdir} holds a run of another architecture ({'; '.join(clashes)}):"
                     " use a new --workdir, or the original settings to resume")
-  changed = sorted(k for k in set(previous) | set(config)
-                   if json.dumps(previous.get(k)) != json.dumps(config.get(k)))
+  changed = sorted(k for k in set(previous) | set(config) if differs(k))
   if changed:
     log(f"resuming in {workdir} with changed settings: {', '.join(changed)}")
 

@@ -53,3 +53,18 @@ def test_killed_run_resumes_bit_exact(tmp_path):
   assert summary_a["eval_accuracy"] == summary_b["eval_accuracy"]
   steps = [json.loads(l)["step"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
   assert steps == sorted(steps)  # records past the checkpoint were dropped, not duplicated
+
+
+def test_resume_guard_reports_only_real_changes(tmp_path):
+  """config.json is written with sorted keys; the in-memory config is in field order."""
+  from jax_attn.checkpoint import check_resumable
+  from jax_attn.config import TrainConfig
+  from jax_attn.metrics import MetricsWriter
+
+  config = TrainConfig(model="sa_cnn").to_json()
+  MetricsWriter(tmp_path).write_json("config.json", config)
+  logged = []
+  check_resumable(tmp_path, config, logged.append)
+  assert logged == []
+  check_resumable(tmp_path, {**config, "learning_rate": 0.5}, logged.append)
+  assert logged == [f"resuming in {tmp_path} with changed settings: learning_rate"]
