@@ -36,6 +36,7 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtyp
 _ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, attention.ATTENTION_IMPLS, "einsum = the explicit reference core; chunked = the same core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = jax.nn.dot_product_attention. chunked/fused sow no weights.")
 _CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", None, parallel.CPU_KERNELS, "On a CPU backend: ynnpack (default) hands dots/convolutions to XLA's YNNPACK library; xla uses XLA's own kernels.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (smoke runs).")
+_EVAL_FLIP = flags.DEFINE_boolean("eval_flip", None, "Evaluate with flip test-time augmentation (mean logits of each image and its mirror image); the accuracy without it is recorded too. On in the tuned recipe.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every_epochs", None, "Evaluate every N epochs (and always at the end).")
 _CKPT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", None, "Checkpoint every N steps (and at every epoch end).")
 _KEEP = flags.DEFINE_integer("keep_checkpoints", None, "How many recent checkpoints to keep.")
@@ -93,7 +94,7 @@ def build_config():
       momentum=_MOMENTUM.value, grad_clip_norm=_CLIP.value, label_smoothing=_SMOOTHING.value,
       seed=_SEED.value, parallel=mode, dtype=_DTYPE.value, attention_impl=_ATTENTION_IMPL.value,
       cpu_kernels=_CPU_KERNELS.value, max_steps=_MAX_STEPS.value,
-      eval_every_epochs=_EVAL_EVERY.value, checkpoint_every_steps=_CKPT_EVERY.value,
+      eval_every_epochs=_EVAL_EVERY.value, eval_flip=_EVAL_FLIP.value, checkpoint_every_steps=_CKPT_EVERY.value,
       keep_checkpoints=_KEEP.value, log_every_steps=_LOG_EVERY.value, data=data,
       augment_normalization=_NORMALIZATION.value, augment_crop_padding=_CROP.value,
       augment_flip=_FLIP.value, augment_cutout=_CUTOUT.value)

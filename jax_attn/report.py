@@ -55,6 +55,14 @@ def _architecture(config: dict[str, Any]) -> str:
   return ", ".join([str(config.get("preset", "-"))] + overrides)
 
 
+def _accuracy(summary: dict[str, Any]) -> str:
+  """Eval accuracy; with flip test-time augmentation, says so and gives the plain figure."""
+  text = _fmt(summary.get("eval_accuracy"), ".2%")
+  if summary.get("eval_accuracy_no_flip") is not None:
+    text += f" (flip TTA; {summary['eval_accuracy_no_flip']:.2%} without)"
+  return text
+
+
 def table(runs: list[dict[str, Any]]) -> str:
   rows = ["| run | model | recipe | preset | parameters | epochs | eval accuracy | eval loss "
           "| eval split | train wall (s) | train img/s | device |", "|" + "---|" * 12]
@@ -63,7 +71,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
         f"{_architecture(run['config'])} | {_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
-        f"{_fmt(s.get('eval_accuracy'), '.2%')} | {_fmt(s.get('eval_loss'), '.4f')} | "
+        f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
         f"{s.get('devices', '-')} x {s.get('device_kind', '-')} |")
@@ -88,6 +96,7 @@ def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
   return {"params": models.count_params(models.param_shapes(model, (size, size, 3))),
           "epochs": last["epoch"], "eval_accuracy": last["eval_accuracy"],
           "eval_loss": last["eval_loss"], "train_wall_s": last["wall_s"],
+          "eval_accuracy_no_flip": last.get("eval_accuracy_no_flip"),
           "eval_split": f"{run['config']['data'].get('eval_split') or 'held-out'} "
                         f"(incomplete: stopped after epoch {last['epoch']})"}
 

@@ -16,9 +16,11 @@ from jax_attn.linear import Dense
 class SACNN(nn.Module):
   """Convolutions with SAGAN self-attention, returning class logits.
 
-  Each stage ``i`` is ``convs_per_stage`` x [3x3 conv -> (batch norm) -> ReLU],
-  then a 2x2 max-pool if ``i in pool_stages``, then ``SelfAttention2D`` if
-  ``i in attention_stages``. The head is either the reference's
+  Each stage ``i`` is ``convs_per_stage`` (one count, or one per stage) x
+  [3x3 conv -> (batch norm) -> ReLU], then a 2x2 max-pool if ``i in pool_stages``,
+  then ``SelfAttention2D`` if ``i in attention_stages``. With
+  ``pool_position='after_first_conv'`` the pool follows the stage's first conv
+  instead (as in fast CIFAR ResNets: the later convs run at a quarter of the cost). The head is either the reference's
   ``conv3x3(->classes) + ReLU + global average pool`` (``head='conv_gap'``) or
   global average pool + Dense (``head='gap_dense'``).
 
@@ -30,7 +32,8 @@ class SACNN(nn.Module):
   widths: Sequence[int] = (32, 64, 128, 256)
   attention_stages: Sequence[int] = (0, 1, 2, 3)
   pool_stages: Sequence[int] = ()
-  convs_per_stage: int = 1
+  convs_per_stage: int | Sequence[int] = 1
+  pool_position: Literal["end", "after_first_conv"] = "end"
   norm: Literal["none", "batch"] = "none"
   head: Literal["conv_gap", "gap_dense"] = "conv_gap"
   attention_scale: ScaleMode = "none"
@@ -41,16 +44,24 @@ class SACNN(nn.Module):
   def _check(self) -> None:
     if not self.widths or any(w < 1 for w in self.widths):
       raise ValueError(f"SACNN widths must be positive channel counts, got {tuple(self.widths)}")
-    if self.num_classes < 1 or self.convs_per_stage < 1:
+    counts = self._conv_counts()
+    if self.num_classes < 1 or len(counts) != len(self.widths) or min(counts) < 1:
       raise ValueError(
-          f"num_classes ({self.num_classes}) and convs_per_stage "
-          f"({self.convs_per_stage}) must be positive")
+          f"num_classes ({self.num_classes}) and convs_per_stage ({self.convs_per_stage}) must be"
+          f" positive, with one count per stage ({len(self.widths)}) if a sequence")
     for name in ("attention_stages", "pool_stages"):
       bad = [i for i in getattr(self, name) if not 0 <= i < len(self.widths)]
       if bad:
         raise ValueError(f"{name} {bad} are not stage indices 0..{len(self.widths) - 1}")
     if self.norm not in ("none", "batch") or self.head not in ("conv_gap", "gap_dense"):
       raise ValueError(f"unknown norm {self.norm!r} or head {self.head!r}")
+    if self.pool_position not in ("end", "after_first_conv"):
+      raise ValueError(f"unknown pool_position {self.pool_position!r}: use 'end' or 'after_first_conv'")
+
+  def _conv_counts(self) -> tuple[int, ...]:
+    if isinstance(self.convs_per_stage, int):
+      return (self.convs_per_stage,) * len(self.widths)
+    return tuple(self.convs_per_stage)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -58,8 +69,9 @@ class SACNN(nn.Module):
     chex.assert_rank(images, 4)
     x = images.astype(self.dtype)
     layer = 0
-    for stage, width in enumerate(self.widths):
-      for _ in range(self.convs_per_stage):
+    for stage, (width, convs) in enumerate(zip(self.widths, self._conv_counts())):
+      pool_after = convs if self.pool_position == "end" else 1
+      for conv in range(convs):
         layer += 1
         x = nn.Conv(width, (3, 3), padding=1, use_bias=self.norm == "none",
                     dtype=self.dtype, name=f"conv{layer}",
@@ -68,8 +80,8 @@ class SACNN(nn.Module):
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                            dtype=self.dtype, name=f"bn{layer}")(x)
         x = nn.relu(x)
-      if stage in self.pool_stages:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        if conv + 1 == pool_after and stage in self.pool_stages:
+          x = nn.max_pool(x, (2, 2), strides=(2, 2))
       if stage in self.attention_stages:
         x = SelfAttention2D(scale=self.attention_scale, attention_impl=self.attention_impl,
                             init_style=self.init_style, dtype=self.dtype,

@@ -72,17 +72,27 @@ def make_train_body(model: nn.Module, tx: optax.GradientTransformation,
   return body
 
 
-def make_eval_body(model: nn.Module, augment: augment_lib.AugmentConfig) -> Callable:
-  """``body(state, batch, axis_name) -> sums``: masked loss/correct/count sums."""
+def make_eval_body(model: nn.Module, augment: augment_lib.AugmentConfig,
+                   flip: bool = False) -> Callable:
+  """``body(state, batch, axis_name) -> sums``: masked loss/correct/count sums.
+
+  With ``flip`` the logits are the mean over each image and its mirror image
+  (test-time augmentation), and ``correct_no_flip`` counts the plain predictions.
+  """
 
   def body(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None):
     images = augment_lib.preprocess(batch["image"], augment)
-    logits = model.apply(_variables(state, state.params), images, train=False)
-    mask = batch["mask"]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    logits = plain = model.apply(_variables(state, state.params), images, train=False)
+    if flip:
+      mirrored = model.apply(_variables(state, state.params), images[:, :, ::-1], train=False)
+      logits = (plain + mirrored) / 2
+    mask, labels = batch["mask"], batch["label"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     sums = {"loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
-            "correct": jnp.sum(mask & (jnp.argmax(logits, -1) == batch["label"])),
+            "correct": jnp.sum(mask & (jnp.argmax(logits, -1) == labels)),
             "count": jnp.sum(mask)}
+    if flip:
+      sums["correct_no_flip"] = jnp.sum(mask & (jnp.argmax(plain, -1) == labels))
     return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
   return body
@@ -90,12 +100,19 @@ def make_eval_body(model: nn.Module, augment: augment_lib.AugmentConfig) -> Call
 
 def evaluate(eval_step: Callable, state: Any, split: datasets.ArraySplit, parallel: Parallel
              ) -> dict[str, float]:
-  """Loss and accuracy over every example of ``split`` exactly once."""
-  totals = {"loss_sum": 0.0, "correct": 0, "count": 0}
+  """Loss and accuracy over every example of ``split`` exactly once.
+
+  ``eval_accuracy_no_flip`` is added when the eval step uses flip test-time augmentation.
+  """
+  totals: dict[str, float] = {}
   outputs = [eval_step(state, batch) for batch in input_pipeline.prefetch(
       input_pipeline.eval_batches(split, parallel.global_batch), parallel.put_batch)]
   for sums in parallel.to_host(outputs):
-    for k in totals:
-      totals[k] += sums[k].item()
-  return {"eval_loss": totals["loss_sum"] / totals["count"],
-          "eval_accuracy": totals["correct"] / totals["count"], "eval_count": totals["count"]}
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0) + v.item()
+  count = totals["count"]
+  result = {"eval_loss": totals["loss_sum"] / count, "eval_accuracy": totals["correct"] / count,
+            "eval_count": count}
+  if "correct_no_flip" in totals:
+    result["eval_accuracy_no_flip"] = totals["correct_no_flip"] / count
+  return result

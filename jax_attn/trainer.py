@@ -53,8 +53,8 @@ class _Run:
     self.num_params = models.count_params(self.host_state.params)
     self.train_step = self.parallel.wrap(
         make_train_body(self.model, tx, config.augment, config.label_smoothing), donate_state=True)
-    self.eval_step = self.parallel.wrap(make_eval_body(self.model, config.augment),
-                                        donate_state=False)
+    self.eval_step = self.parallel.wrap(
+        make_eval_body(self.model, config.augment, config.eval_flip), donate_state=False)
     self.checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                                 self.writer.log)
     self.sums = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
@@ -135,6 +135,9 @@ class _Run:
       evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
       record.update(eval_loss=evaluation["eval_loss"], eval_accuracy=evaluation["eval_accuracy"])
       line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
+      if "eval_accuracy_no_flip" in evaluation:
+        record["eval_accuracy_no_flip"] = evaluation["eval_accuracy_no_flip"]
+        line += f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
     self.writer.write_metrics(record)
     self.writer.log(line)
     self.sums = {k: 0.0 for k in self.sums}
@@ -193,6 +196,9 @@ class _Run:
         "params": self.num_params, "epochs": step / self.steps_per_epoch, "steps": step,
         "eval_accuracy": evaluation["eval_accuracy"], "eval_loss": evaluation["eval_loss"],
         "eval_examples": evaluation["eval_count"], "eval_split": self.eval_spec,
+        "eval_flip": self.config.eval_flip,
+        **({"eval_accuracy_no_flip": evaluation["eval_accuracy_no_flip"]}
+           if "eval_accuracy_no_flip" in evaluation else {}),
         "train_split": self.train_spec, "train_wall_s": self.train_wall,
         "train_images_per_sec": self.images_seen / max(self.train_wall, 1e-9),
         "devices": self.parallel.num_devices, "processes": jax.process_count(),
@@ -200,8 +206,10 @@ class _Run:
         "dtype": config.dtype, "parallel": config.parallel, "jax_version": jax.__version__,
         "python": platform.python_version(), "seed": config.seed}
     self.writer.write_json("summary.json", summary)
+    flip = (f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
+            if "eval_accuracy_no_flip" in evaluation else "")
     self.writer.log(f"Accuracy on {self.eval_spec} ({evaluation['eval_count']} images): "
-                    f"{evaluation['eval_accuracy']:.2%}; eval loss {evaluation['eval_loss']:.4f}; "
+                    f"{evaluation['eval_accuracy']:.2%}{flip}; eval loss {evaluation['eval_loss']:.4f}; "
                     f"{self.num_params:,} parameters")
     return summary
 

@@ -62,12 +62,44 @@ def test_sa_cnn_batch_norm_pooling_variant():
   assert logits.shape == (4, 10) and "batch_stats" in updates
 
 
+def test_sa_cnn_pool_after_first_conv_and_per_stage_conv_counts():
+  """Pool placement changes resolution, not parameters; a count per stage changes both."""
+  def build(**overrides):
+    model = models.get_model("sa_cnn", "tiny", norm="batch", pool_stages=(0, 1),
+                             head="gap_dense", **overrides)
+    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    _, state = model.apply(variables, x, mutable=["intermediates"])
+    maps = [w.shape for w in jax.tree.leaves(state["intermediates"])]
+    return jax.tree.map(jnp.shape, variables["params"]), maps
+
+  end_params, end_maps = build(convs_per_stage=2)
+  first_params, first_maps = build(convs_per_stage=2, pool_position="after_first_conv")
+  assert end_params == first_params
+  # attention after stage 0 sees 4x4 = 16 positions either way; the difference is where convs run
+  assert end_maps == first_maps == [(2, 16, 16), (2, 4, 4)]
+  mixed_params, _ = build(convs_per_stage=(2, 1))
+  assert set(mixed_params) == {"conv1", "conv2", "conv3", "bn1", "bn2", "bn3", "sa1", "sa2", "head"}
+
+
+def test_sa_cnn_pool_after_first_conv_runs_later_convs_at_lower_resolution():
+  model = models.get_model("sa_cnn", "tiny", pool_stages=(0,), attention_stages=(),
+                           convs_per_stage=2, pool_position="after_first_conv")
+  variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+  x = jax.random.normal(jax.random.key(1), (1, 8, 8, 3))
+  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  shapes = {k: v["__call__"][0].shape for k, v in state["intermediates"].items() if k.startswith("conv")}
+  assert shapes["conv1"] == (1, 8, 8, 8) and shapes["conv2"] == (1, 4, 4, 8)
+
+
 @pytest.mark.parametrize("name, overrides, image, message", [
     ("vit", {"patch_size": 5}, 16, "16x16 is not divisible by the patch tokenizer's stride 5"),
     ("vit", {"num_heads": 3}, 8, "num_heads=3 does not divide hidden_dim=16"),
     ("vit", {"hidden_dim": 0}, 8, "hidden_dim must be positive"),
     ("sa_cnn", {"widths": (8, 0)}, 8, "widths must be positive"),
     ("sa_cnn", {"attention_stages": (5,)}, 8, "not stage indices"),
+    ("sa_cnn", {"convs_per_stage": (1, 2, 3)}, 8, r"one count per stage \(2\)"),
+    ("sa_cnn", {"pool_position": "start"}, 8, "unknown pool_position 'start'"),
 ])
 def test_bad_configuration(name, overrides, image, message):
   model = models.get_model(name, "tiny", **overrides)

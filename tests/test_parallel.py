@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax_attn import augment, datasets, input_pipeline, models, optim
     from jax_attn.parallel import Parallel
-    from jax_attn.train import create_state, make_train_body
+    from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
 
     name = sys.argv[1]
     overrides = {"dropout_rate": 0.0} if name == "vit" else {}
@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent("""
     # it), so Adam turns the rounding noise of different summation orders into lr-sized steps.
     tx = optim.make_optimizer("sgd", optim.make_schedule("constant", 0.05, 20))
     host_state = jax.device_get(create_state(model, tx, 0, (8, 8, 3)))
-    params = {}
+    params, evals = {}, {}
+    eval_split = datasets.SyntheticSource(640, 8).load("test")  # 128 examples: padded batches
     for mode in ("none", "pmap", "shard_map"):
       par = Parallel.create(mode, 32)
       step = par.wrap(make_train_body(model, tx, aug, 0.1), donate_state=True)
@@ -34,11 +35,14 @@ SCRIPT = textwrap.dedent("""
       for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=32):
         state, _ = step(state, par.put_batch(batch))
       params[mode] = jax.tree.leaves(par.to_host(state).params)
+      eval_step = par.wrap(make_eval_body(model, aug, flip=True), donate_state=False)
+      evals[mode] = evaluate(eval_step, state, eval_split, Parallel.create(mode, 48))
     diffs = {mode: max(float(np.max(np.abs(a - b))) for a, b in zip(params["none"], params[mode]))
              for mode in ("pmap", "shard_map")}
     moved = max(float(np.max(np.abs(a - b))) for a, b in
                 zip(jax.tree.leaves(host_state.params), params["none"]))
-    print(json.dumps({"diffs": diffs, "moved": moved, "devices": jax.device_count()}))
+    print(json.dumps({"diffs": diffs, "moved": moved, "devices": jax.device_count(),
+                      "evals": evals}))
 """)
 
 
@@ -53,6 +57,12 @@ def test_pmap_and_shard_map_match_single_device(name):
   assert report["moved"] > 1e-3  # 20 steps really changed the params
   assert report["diffs"]["pmap"] < 1e-5, report
   assert report["diffs"]["shard_map"] < 1e-5, report
+  evals = report["evals"]  # flip test-time augmentation: same sums in every layout
+  assert evals["none"]["eval_count"] == 128 and "eval_accuracy_no_flip" in evals["none"]
+  for mode in ("pmap", "shard_map"):
+    assert evals[mode]["eval_count"] == 128
+    assert abs(evals[mode]["eval_loss"] - evals["none"]["eval_loss"]) < 1e-4, evals
+    assert evals[mode]["eval_accuracy"] == pytest.approx(evals["none"]["eval_accuracy"], abs=0.02)
 
 
 def test_cpu_kernels_choose_per_jit_compiler_options():

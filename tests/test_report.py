@@ -8,7 +8,8 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   runs = []
   for model in ("sa_cnn", "vit"):
     workdir = tmp_path / f"{model}_seed"
-    main_cli([f"--model={model}", *TINY, "--epochs=2", f"--workdir={workdir}"])
+    flip = ["--eval_flip"] if model == "vit" else []
+    main_cli([f"--model={model}", *TINY, "--epochs=2", *flip, f"--workdir={workdir}"])
     runs.append(str(workdir))
   path = report.write_report(runs, str(tmp_path / "out"), images=2)
   assert report._architecture({"preset": "tuned", "model_overrides": {"attention_stages": ()}}
@@ -16,6 +17,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   text = path.read_text()
   assert "| sa_cnn/seed | sa_cnn | seed | tiny | 3,274 |" in text
   assert "| vit/seed | vit | seed | tiny | 3,274 |" in text
+  assert text.count("(flip TTA; ") == 1  # the ViT was evaluated with --eval_flip
   pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
   assert "curves.png" in pngs
   assert sum(p.startswith("attention_sa_cnn") for p in pngs) == 2
@@ -27,7 +29,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   (tmp_path / "vit_seed" / "summary.json").unlink()
   rows = report.table([report.load_run(tmp_path / "vit_seed")])
   assert "| vit/seed | vit | seed | tiny | 3,274 | 2 |" in rows
-  assert "incomplete: stopped after epoch 2" in rows
+  assert "incomplete: stopped after epoch 2" in rows and "(flip TTA; " in rows
 
 
 def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_path):
