@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from jax_attn.config import TrainConfig
 from jax_attn.errors import UserError
 
 # Settings that change the parameters' shapes or meaning: resuming across them is refused.
@@ -29,6 +30,8 @@ def check_resumable(workdir: Path, config: dict[str, Any], log: Callable[[str], 
     previous = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     raise UserError(f"{path} is unreadable ({e}): move it away or use another --workdir") from None
+  # Settings added since that run was written take their defaults, which it ran with: no change.
+  previous = {**TrainConfig.from_json(previous).to_json(), **previous}
   def differs(key: str) -> bool:  # key order is not a change: config.json is written sorted
     return json.dumps(previous.get(key), sort_keys=True) != json.dumps(config.get(key), sort_keys=True)
 

@@ -65,6 +65,10 @@ def test_resume_guard_reports_only_real_changes(tmp_path):
   MetricsWriter(tmp_path).write_json("config.json", config)
   logged = []
   check_resumable(tmp_path, config, logged.append)
+  # a run written before a setting existed ran with its default: not a change either
+  MetricsWriter(tmp_path).write_json("config.json", {k: v for k, v in config.items()
+                                                     if k != "eval_flip"})
+  check_resumable(tmp_path, config, logged.append)
   assert logged == []
   check_resumable(tmp_path, {**config, "learning_rate": 0.5}, logged.append)
   assert logged == [f"resuming in {tmp_path} with changed settings: learning_rate"]
