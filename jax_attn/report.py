@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from jax_attn import augment, config as config_lib, datasets, models  # noqa: E402
 from jax_attn.errors import UserError  # noqa: E402
@@ -63,6 +63,12 @@ def _accuracy(summary: dict[str, Any]) -> str:
   return text
 
 
+def _device(summary: dict[str, Any]) -> str:
+  if "devices" not in summary:
+    return "not recorded (incomplete run)"  # written with summary.json at the end
+  return f"{summary['devices']} x {summary.get('device_kind', '-')}"
+
+
 def table(runs: list[dict[str, Any]]) -> str:
   rows = ["| run | model | recipe | preset | parameters | epochs | eval accuracy | eval loss "
           "| eval split | train wall (s) | train img/s | device |", "|" + "---|" * 12]
@@ -74,7 +80,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
-        f"{s.get('devices', '-')} x {s.get('device_kind', '-')} |")
+        f"{_device(s)} |")
   present = {(r["config"]["model"], r["config"]["recipe"]) for r, s in zip(runs, summaries) if s}
   for recipe, per_model in sorted(config_lib.RECIPES.items()):
     for model in sorted(per_model):
@@ -97,6 +103,7 @@ def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
           "epochs": last["epoch"], "eval_accuracy": last["eval_accuracy"],
           "eval_loss": last["eval_loss"], "train_wall_s": last["wall_s"],
           "eval_accuracy_no_flip": last.get("eval_accuracy_no_flip"),
+          "train_images_per_sec": last.get("images_per_sec"),
           "eval_split": f"{run['config']['data'].get('eval_split') or 'held-out'} "
                         f"(incomplete: stopped after epoch {last['epoch']})"}
 
@@ -137,7 +144,7 @@ def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.nda
   step = manager.latest_step()
   if step is None:
     raise UserError(f"{run['dir']} has no checkpoint to draw attention maps from")
-  state = manager.restore(step)["state"]
+  state = manager.restore(step, args=ocp.args.StandardRestore())["state"]
   source = datasets.make_source(config.data, config.num_classes)
   eval_spec = config.data.eval_split or datasets.default_splits(source)[1]
   images = source.load(eval_spec).images[:count]  # the eval split only: no training decode
@@ -227,6 +234,7 @@ def write_report(workdirs: list[str], out: str, images: int = 3) -> Path:
 def main(argv: list[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError("give one or more workdirs: python -m jax_attn.report RUN_DIR... --out DIR")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     print(write_report(argv[1:], _OUT.value, _IMAGES.value))
   except UserError as e:

@@ -30,6 +30,8 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   rows = report.table([report.load_run(tmp_path / "vit_seed")])
   assert "| vit/seed | vit | seed | tiny | 3,274 | 2 |" in rows
   assert "incomplete: stopped after epoch 2" in rows and "(flip TTA; " in rows
+  vit_row = next(line for line in rows.splitlines() if line.startswith("| vit/seed |"))
+  assert vit_row.endswith("| not recorded (incomplete run) |") and "not run" not in vit_row
 
 
 def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_path):
