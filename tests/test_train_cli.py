@@ -90,3 +90,17 @@ def test_bfloat16_compute_keeps_float32_params(main_cli, tmp_path):
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
   params = manager.restore(manager.latest_step())["state"]["params"]
   assert {np.asarray(x).dtype for x in __import__("jax").tree.leaves(params)} == {np.dtype("float32")}
+
+
+def test_rerunning_a_finished_run_only_evaluates_it(main_cli, tmp_path):
+  """The documented way to add flip test-time augmentation to a finished run."""
+  args = ["--model=vit", *TINY, "--epochs=1", f"--workdir={tmp_path}"]
+  main_cli(args)
+  before = json.loads((tmp_path / "summary.json").read_text())
+  records = (tmp_path / "metrics.jsonl").read_text()
+  out = main_cli([*args, "--eval_flip"])
+  after = json.loads((tmp_path / "summary.json").read_text())
+  assert "changed settings: eval_flip" in out.stdout
+  assert after["steps"] == before["steps"] and after["train_wall_s"] == before["train_wall_s"]
+  assert after["eval_flip"] and after["eval_accuracy_no_flip"] == before["eval_accuracy"]
+  assert (tmp_path / "metrics.jsonl").read_text() == records  # no training happened
