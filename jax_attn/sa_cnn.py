@@ -20,9 +20,9 @@ class SACNN(nn.Module):
   [3x3 conv -> (batch norm) -> ReLU], then a 2x2 max-pool if ``i in pool_stages``,
   then ``SelfAttention2D`` if ``i in attention_stages``. With
   ``pool_position='after_first_conv'`` the pool follows the stage's first conv
-  instead (as in fast CIFAR ResNets: the later convs run at a quarter of the cost). The head is either the reference's
-  ``conv3x3(->classes) + ReLU + global average pool`` (``head='conv_gap'``) or
-  global average pool + Dense (``head='gap_dense'``).
+  instead (as in fast CIFAR ResNets: the later convs run at a quarter of the cost).
+  The head is either the reference's ``conv3x3(->classes) + ReLU + global average
+  pool`` (``head='conv_gap'``) or global average pool + Dense (``head='gap_dense'``).
 
   The seed configuration (the defaults) is the reference notebook's network:
   520,870 parameters. The reference returns log_softmax; we return the logits,

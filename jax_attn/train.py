@@ -82,9 +82,10 @@ def make_eval_body(model: nn.Module, augment: augment_lib.AugmentConfig,
 
   def body(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None):
     images = augment_lib.preprocess(batch["image"], augment)
-    logits = plain = model.apply(_variables(state, state.params), images, train=False)
+    variables = _variables(state, state.params)
+    logits = plain = model.apply(variables, images, train=False)
     if flip:
-      mirrored = model.apply(_variables(state, state.params), images[:, :, ::-1], train=False)
+      mirrored = model.apply(variables, images[:, :, ::-1], train=False)
       logits = (plain + mirrored) / 2
     mask, labels = batch["mask"], batch["label"]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -137,7 +137,7 @@ class _Run:
       line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
       if "eval_accuracy_no_flip" in evaluation:
         record["eval_accuracy_no_flip"] = evaluation["eval_accuracy_no_flip"]
-        line += f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
+      line += _flip_note(evaluation)
     self.writer.write_metrics(record)
     self.writer.log(line)
     self.sums = {k: 0.0 for k in self.sums}
@@ -206,12 +206,17 @@ class _Run:
         "dtype": config.dtype, "parallel": config.parallel, "jax_version": jax.__version__,
         "python": platform.python_version(), "seed": config.seed}
     self.writer.write_json("summary.json", summary)
-    flip = (f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
-            if "eval_accuracy_no_flip" in evaluation else "")
     self.writer.log(f"Accuracy on {self.eval_spec} ({evaluation['eval_count']} images): "
-                    f"{evaluation['eval_accuracy']:.2%}{flip}; eval loss {evaluation['eval_loss']:.4f}; "
+                    f"{evaluation['eval_accuracy']:.2%}{_flip_note(evaluation)}; eval loss {evaluation['eval_loss']:.4f}; "
                     f"{self.num_params:,} parameters")
     return summary
+
+
+def _flip_note(evaluation: dict[str, float]) -> str:
+  """Says that the accuracy used flip test-time augmentation, with the plain figure."""
+  if "eval_accuracy_no_flip" not in evaluation:
+    return ""
+  return f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, Any]:
