@@ -153,7 +153,7 @@ def bench_model(name: str) -> dict[str, Any]:
   }
   if torch_side:
     torch_step = statistics.median(train_torch)
-    result.update(torch_train_step_ms=torch_step * 1e3,
+    result.update(torch_device=str(torch_side.device), torch_train_step_ms=torch_step * 1e3,
                   torch_eval_images_per_sec=_BATCH.value / statistics.median(eval_torch),
                   speedup_train=torch_step / step,
                   speedup_eval=statistics.median(eval_torch) / statistics.median(eval_jax))
@@ -169,7 +169,7 @@ def _table(results: list[dict[str, Any]]) -> str:
   columns = [("model", "{}"), ("compile_s", "{:.1f}"), ("train_step_ms", "{:.1f}"),
              ("train_images_per_sec", "{:,.0f}"), ("eval_images_per_sec", "{:,.0f}"),
              ("gflops_per_image", "{:.3f}"), ("achieved_tflops", "{:.3f}"), ("mfu", "{:.1%}"),
-             ("peak_memory_bytes", "{:,}"), ("torch_train_step_ms", "{:.1f}"),
+             ("peak_memory_bytes", "{:,}"), ("torch_device", "{}"), ("torch_train_step_ms", "{:.1f}"),
              ("speedup_train", "{:.2f}x"), ("speedup_eval", "{:.2f}x"),
              ("e2e_epoch_s", "{:.2f}"), ("torch_e2e_epoch_s", "{:.2f}"), ("speedup_e2e", "{:.2f}x")]
   columns = [(k, f) for k, f in columns if any(r.get(k) is not None for r in results)]

@@ -26,17 +26,24 @@ class _NotebookTransform(Dataset):
 
 
 class TorchSide:
-  """Adam 1e-3 + CrossEntropyLoss on the log-softmax outputs, like the notebook."""
+  """Adam 1e-3 + CrossEntropyLoss on the log-softmax outputs, like the notebook.
+
+  Runs on CUDA when torch sees a GPU, as the notebook does (``device = 'cuda' if
+  available``), with torch's default TF32 settings; every timed step ends in a host
+  sync (``loss.item()``, the predictions copied back), as the notebook's loop does.
+  """
 
   def __init__(self, name: str, batch_size: int, image_size: int, split: ArraySplit):
     torch.manual_seed(0)
-    self.model = TorchSACNN() if name == "sa_cnn" else TorchViT(image=image_size)
+    self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = TorchSACNN() if name == "sa_cnn" else TorchViT(image=image_size)
+    self.model = model.to(self.device)
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
     self.loss = torch.nn.CrossEntropyLoss()
     self.split, self.batch_size = split, batch_size
     images = split.images[:batch_size].astype(np.float32) / 127.5 - 1.0
-    self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    self.labels = torch.from_numpy(split.labels[:batch_size].astype(np.int64))
+    self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(self.device)
+    self.labels = torch.from_numpy(split.labels[:batch_size].astype(np.int64)).to(self.device)
 
   def _train_step(self, images, labels) -> None:
     self.model.train()
@@ -60,7 +67,7 @@ class TorchSide:
     with torch.no_grad():
       for _ in range(n):
         start = time.perf_counter()
-        self.model(self.images).argmax(1)
+        self.model(self.images).argmax(1).cpu()
         times.append(time.perf_counter() - start)
     return times
 
@@ -71,5 +78,5 @@ class TorchSide:
                         drop_last=True)
     start = time.perf_counter()
     for images, labels in loader:
-      self._train_step(images, labels)
+      self._train_step(images.to(self.device), labels.to(self.device))
     return time.perf_counter() - start
