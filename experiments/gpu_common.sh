@@ -1,0 +1,65 @@
+# Sourced by the device-session scripts (gpu_bench.sh, gpu_followup.sh): one deadline for
+# every run, results packed as they appear (so a call cut off at its limit still returns them).
+# Usage: source experiments/gpu_common.sh OUT_DIR [SECONDS]
+set -uo pipefail
+out="${1:?usage: SCRIPT OUT_DIR [SECONDS]}"
+budget="${2:-540}"                # training stops by then; packing the results follows
+runs="${RUNS_DIR:-/tmp/gpu_runs}"
+mkdir -p "$out" "$runs"
+exec > >(tee -a "$out/session.log") 2>&1
+export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+py="${PYTHON:-python3}"
+left() { local l=$(( budget - SECONDS )); echo $(( l > 1 ? l : 1 )); }  # timeout 0 = none
+stamp() { echo "[$(date +%T) +${SECONDS}s] $*"; }
+
+if [ -f .data/cifar10-jpeg.tgz ] && [ ! -d .data/cifar10-jpeg/train ]; then
+  tar xzf .data/cifar10-jpeg.tgz -C .data
+fi
+data="--image_folder=.data/cifar10-jpeg"
+[ -d .data/cifar10-jpeg/train ] || data="--synthetic --synthetic_size=50000"
+# Tiny settings to rehearse a script on a CPU (SMOKE=1): same commands, a few steps each.
+smoke=""; [ -n "${SMOKE:-}" ] && smoke="--max_steps=3 --preset=tiny"
+[ -n "${SMOKE:-}" ] && data="--synthetic --synthetic_size=1024"
+
+pack() {  # atomically: a tarball cut off half-written never replaces the last good one
+  tar czf "$out/runs.tgz.part" --exclude=checkpoints -C "$runs" . 2>/dev/null \
+    && mv "$out/runs.tgz.part" "$out/runs.tgz"
+}
+(while sleep 20; do pack; done) & packer=$!
+
+stamp "start: data=$data"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$runs/gpu.txt"
+$py -c "import importlib.metadata as m, jax; print(jax.devices(), *(f'{p} {m.version(p)}' for p in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'chex', 'numpy', 'torch')))"
+
+train() {  # NAME ARGS...: one run (later flags win), stopped at the deadline; it checkpoints as it goes
+  local name="$1"; shift
+  timeout "$(left)" $py -m jax_attn.main $data $smoke --workdir="$runs/$name" \
+    --keep_checkpoints=1 --checkpoint_every_steps=1000 --log_every_steps=100 "$@" \
+    > "$runs/$name.log" 2>&1
+  stamp "$name exited with $?: $(tail -n 2 "$runs/$name.log" | tr '\n' ' ')"
+}
+
+finish() {  # RUN...: waits for every job, lists the summaries, packs; checkpoints of the RUNs named
+  wait $(jobs -p | grep -v "^$packer$")
+  kill $packer 2>/dev/null
+  stamp "all runs ended"
+  $py - "$runs" <<'PYEOF'
+import json, pathlib, sys
+for d in sorted(p for p in pathlib.Path(sys.argv[1]).iterdir() if p.is_dir()):
+  s = d / "summary.json"
+  if s.exists():
+    r = json.loads(s.read_text())
+    print(f"{d.name:22s} acc {r['eval_accuracy']:.4f} (no flip {r.get('eval_accuracy_no_flip')}) "
+          f"loss {r['eval_loss']:.4f} params {r['params']:,} steps {r['steps']} "
+          f"train {r['train_wall_s']:.1f}s {r['train_images_per_sec']:.0f} img/s {r['device_kind']}")
+  else:
+    print(f"{d.name:22s} no summary.json (did not finish)")
+PYEOF
+  pack
+  local name
+  for name in "$@"; do  # at most 8 files come back: name at most 5
+    [ -d "$runs/$name/checkpoints" ] && tar czf "$out/ckpt_$name.tgz" -C "$runs" "$name/checkpoints"
+  done
+  ls -la "$out"
+  stamp "done"
+}
