@@ -71,8 +71,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Same budget (<= 550k parameters, 10 epochs, same data), modern practice: crop+flip,
     # label smoothing, AdamW with warm-up + cosine, gradient clipping, flip test-time augmentation.
+    # SA-CNN batch/LR from the H100 grid (experiments/README.md): 128 / 4e-3 gave 86.72 %
+    # against 85.12 / 85.42 % (two seeds) for the first tuned recipe's 256 / 4e-3.
     "tuned": {
-        "sa_cnn": dict(preset="tuned", epochs=10, batch_size=256, learning_rate=4e-3,
+        "sa_cnn": dict(preset="tuned", epochs=10, batch_size=128, learning_rate=4e-3,
                        optimizer="adamw", weight_decay=5e-2, schedule="warmup_cosine",
                        warmup_epochs=1.0, label_smoothing=0.1, grad_clip_norm=1.0, eval_flip=True,
                        augment=AugmentConfig(normalization="mean_std", crop_padding=4, flip=True)),

@@ -55,6 +55,11 @@ def _architecture(config: dict[str, Any]) -> str:
   return ", ".join([str(config.get("preset", "-"))] + overrides)
 
 
+def _recipe_overrides(config: dict[str, Any]) -> str:
+  """Batch size and peak learning rate (what tells a recipe's variants apart), e.g. ``128, 0.004``."""
+  return f"{config['batch_size']}, {config['learning_rate']:g}"
+
+
 def _accuracy(summary: dict[str, Any]) -> str:
   """Eval accuracy; with flip test-time augmentation, says so and gives the plain figure."""
   text = _fmt(summary.get("eval_accuracy"), ".2%")
@@ -70,13 +75,14 @@ def _device(summary: dict[str, Any]) -> str:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-  rows = ["| run | model | recipe | preset | parameters | epochs | eval accuracy | eval loss "
-          "| eval split | train wall (s) | train img/s | device |", "|" + "---|" * 12]
+  rows = ["| run | model | recipe | preset | batch, peak LR | parameters | epochs | eval accuracy "
+          "| eval loss | eval split | train wall (s) | train img/s | device |", "|" + "---|" * 13]
   summaries = [run["summary"] or _partial_summary(run) for run in runs]
   for run, s in zip(runs, summaries):
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
-        f"{_architecture(run['config'])} | {_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
+        f"{_architecture(run['config'])} | {_recipe_overrides(run['config'])} | "
+        f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
@@ -85,7 +91,7 @@ def table(runs: list[dict[str, Any]]) -> str:
   for recipe, per_model in sorted(config_lib.RECIPES.items()):
     for model in sorted(per_model):
       if (model, recipe) not in present:
-        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 9)
+        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 10)
   return "\n".join(rows)
 
 
@@ -108,17 +114,25 @@ def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
                         f"(incomplete: stopped after epoch {last['epoch']})"}
 
 
+def loss_windows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The per-window records (every ``--log_every_steps``), without each epoch's closing
+  record: that one holds the whole epoch's mean loss, which drawn on the same line makes a
+  spike at every epoch boundary."""
+  return [m for m, after in zip(metrics, metrics[1:]) if after["epoch"] == m["epoch"]]
+
+
 def plot_curves(runs: list[dict[str, Any]], out: Path) -> list[str]:
   """Training loss and eval accuracy per epoch, all runs on shared axes."""
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
   for run in runs:
     per_epoch = _steps_per_epoch(run)
     evals = [m for m in run["metrics"] if m.get("eval_accuracy") is not None]
-    loss_ax.plot([m["step"] / per_epoch for m in run["metrics"]],
-                 [m["train_loss"] for m in run["metrics"]], label=run["label"], alpha=0.8)
+    windows = loss_windows(run["metrics"])
+    loss_ax.plot([m["step"] / per_epoch for m in windows],
+                 [m["train_loss"] for m in windows], label=run["label"], alpha=0.8)
     acc_ax.plot([m["epoch"] for m in evals], [100 * m["eval_accuracy"] for m in evals],
                 marker="o", label=run["label"])
-  loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+  loss_ax.set(xlabel="epoch", ylabel="training loss", title="Training loss (per logging window)")
   acc_ax.set(xlabel="epoch", ylabel="eval accuracy (%)", title="Eval accuracy")
   for ax in (loss_ax, acc_ax):
     ax.grid(alpha=0.3)

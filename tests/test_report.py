@@ -15,8 +15,9 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   assert report._architecture({"preset": "tuned", "model_overrides": {"attention_stages": ()}}
                               ) == "tuned, attention_stages=()"
   text = path.read_text()
-  assert "| sa_cnn/seed | sa_cnn | seed | tiny | 3,274 |" in text
-  assert "| vit/seed | vit | seed | tiny | 3,274 |" in text
+  batch = next(f for f in TINY if f.startswith("--batch_size=")).split("=")[1]
+  assert f"| sa_cnn/seed | sa_cnn | seed | tiny | {batch}, 0.001 | 3,274 |" in text
+  assert f"| vit/seed | vit | seed | tiny | {batch}, 0.001 | 3,274 |" in text
   assert text.count("(flip TTA; ") == 1  # the ViT was evaluated with --eval_flip
   pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
   assert "curves.png" in pngs
@@ -28,7 +29,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   # a run stopped before its summary shows its last evaluated epoch, marked incomplete
   (tmp_path / "vit_seed" / "summary.json").unlink()
   rows = report.table([report.load_run(tmp_path / "vit_seed")])
-  assert "| vit/seed | vit | seed | tiny | 3,274 | 2 |" in rows
+  assert f"| vit/seed | vit | seed | tiny | {batch}, 0.001 | 3,274 | 2 |" in rows
   assert "incomplete: stopped after epoch 2" in rows and "(flip TTA; " in rows
   vit_row = next(line for line in rows.splitlines() if line.startswith("| vit/seed |"))
   assert vit_row.endswith("| not recorded (incomplete run) |") and "not run" not in vit_row
@@ -43,3 +44,10 @@ def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_pat
   assert "| sa_cnn/seed (sa_cnn_no_attention) | sa_cnn | seed | tiny, attention_stages=[] |" in text
   assert "not drawn: the model of sa_cnn_no_attention has no attention layers" in text
   assert not list((tmp_path / "out").glob("attention_*.png"))
+
+
+def test_loss_curve_leaves_out_the_epoch_means():
+  records = [{"epoch": 1, "step": 4, "train_loss": 2.0}, {"epoch": 1, "step": 8, "train_loss": 1.5},
+             {"epoch": 1, "step": 8, "train_loss": 1.8},  # epoch 1's mean, closing the epoch
+             {"epoch": 2, "step": 12, "train_loss": 1.2}, {"epoch": 2, "step": 16, "train_loss": 1.4}]
+  assert [m["train_loss"] for m in report.loss_windows(records)] == [2.0, 1.5, 1.2]
