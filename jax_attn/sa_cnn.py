@@ -21,6 +21,9 @@ class SACNN(nn.Module):
   then ``SelfAttention2D`` if ``i in attention_stages``. With
   ``pool_position='after_first_conv'`` the pool follows the stage's first conv
   instead (as in fast CIFAR ResNets: the later convs run at a quarter of the cost).
+  With ``residual=True`` every conv whose input already has the stage's width
+  (a stage's second and later convs) gets an identity shortcut: ``x + ReLU(BN(conv(x)))``,
+  so extra convs per stage add depth that still trains in few epochs.
   The head is either the reference's ``conv3x3(->classes) + ReLU + global average
   pool`` (``head='conv_gap'``) or global average pool + Dense (``head='gap_dense'``).
 
@@ -34,6 +37,7 @@ class SACNN(nn.Module):
   pool_stages: Sequence[int] = ()
   convs_per_stage: int | Sequence[int] = 1
   pool_position: Literal["end", "after_first_conv"] = "end"
+  residual: bool = False
   norm: Literal["none", "batch"] = "none"
   head: Literal["conv_gap", "gap_dense"] = "conv_gap"
   attention_scale: ScaleMode = "none"
@@ -73,6 +77,7 @@ class SACNN(nn.Module):
       pool_after = convs if self.pool_position == "end" else 1
       for conv in range(convs):
         layer += 1
+        shortcut = x if self.residual and x.shape[-1] == width else None
         x = nn.Conv(width, (3, 3), padding=1, use_bias=self.norm == "none",
                     dtype=self.dtype, name=f"conv{layer}",
                     **layer_init(self.init_style, 9 * x.shape[-1]))(x)
@@ -80,6 +85,8 @@ class SACNN(nn.Module):
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                            dtype=self.dtype, name=f"bn{layer}")(x)
         x = nn.relu(x)
+        if shortcut is not None:
+          x = x + shortcut
         if conv + 1 == pool_after and stage in self.pool_stages:
           x = nn.max_pool(x, (2, 2), strides=(2, 2))
       if stage in self.attention_stages:

@@ -92,6 +92,33 @@ def test_sa_cnn_pool_after_first_conv_runs_later_convs_at_lower_resolution():
   assert shapes["conv1"] == (1, 8, 8, 8) and shapes["conv2"] == (1, 4, 4, 8)
 
 
+def test_sa_cnn_residual_shortcut_around_the_same_width_conv():
+  """One stage of two convs: only the second (8 -> 8 channels) gets the shortcut. With that
+  conv switched off (zero kernel, batch-norm bias -1: ReLU gives 0) the residual model's
+  features are the first conv's, the plain model's are zero."""
+  def build(residual):
+    return models.get_model("sa_cnn", "tiny", widths=(8,), convs_per_stage=2, norm="batch",
+                            attention_stages=(), head="gap_dense", residual=residual)
+  plain, residual = build(False), build(True)
+  variables = models.init_variables(residual, jax.random.key(0), (8, 8, 3))
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, models.init_variables(plain, jax.random.key(0), (8, 8, 3)))
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  assert not np.allclose(plain.apply(variables, x), residual.apply(variables, x))
+  params = dict(variables["params"])
+  params["conv2"] = {"kernel": jnp.zeros_like(params["conv2"]["kernel"])}
+  params["bn2"] = {**params["bn2"], "bias": -jnp.ones_like(params["bn2"]["bias"])}
+  switched_off = {**variables, "params": params}
+  logits, state = residual.apply(switched_off, x, capture_intermediates=True,
+                                 mutable=["intermediates"])
+  first = jax.nn.relu(state["intermediates"]["bn1"]["__call__"][0])
+  head = params["head"]
+  np.testing.assert_allclose(logits, jnp.mean(first, axis=(1, 2)) @ head["kernel"] + head["bias"],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(plain.apply(switched_off, x), jnp.broadcast_to(head["bias"], (2, 10)),
+                             atol=1e-6)
+
+
 @pytest.mark.parametrize("name, overrides, image, message", [
     ("vit", {"patch_size": 5}, 16, "16x16 is not divisible by the patch tokenizer's stride 5"),
     ("vit", {"num_heads": 3}, 8, "num_heads=3 does not divide hidden_dim=16"),
