@@ -55,7 +55,7 @@ def _architecture(config: dict[str, Any]) -> str:
   return ", ".join([str(config.get("preset", "-"))] + overrides)
 
 
-def _recipe_overrides(config: dict[str, Any]) -> str:
+def _batch_and_lr(config: dict[str, Any]) -> str:
   """Batch size and peak learning rate (what tells a recipe's variants apart), e.g. ``128, 0.004``."""
   return f"{config['batch_size']}, {config['learning_rate']:g}"
 
@@ -81,7 +81,7 @@ def table(runs: list[dict[str, Any]]) -> str:
   for run, s in zip(runs, summaries):
     rows.append(
         f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
-        f"{_architecture(run['config'])} | {_recipe_overrides(run['config'])} | "
+        f"{_architecture(run['config'])} | {_batch_and_lr(run['config'])} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
