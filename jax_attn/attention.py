@@ -13,9 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_attn.dropout import apply_dropout
 from jax_attn.initializers import InitStyle, layer_init
-from jax_attn.linear import Dense, DenseParams, matmul
+from jax_attn.layers import Dense, QKVProjection, apply_dropout
 
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
@@ -148,10 +147,10 @@ class SelfAttention2D(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-  """Multi-head self-attention with separate q/k/v projections and an output one.
+  """Multi-head self-attention: ``query``/``key``/``value`` projections (``nn.Dense``
+  parameters, computed together by ``layers.QKVProjection``), attention, an ``out`` Dense.
 
-  Attention weights ``(B, heads, N, N)`` are sown as
-  ``intermediates/attention_weights``.
+  Attention weights ``(B, heads, N, N)`` are sown as ``intermediates/attention_weights``.
   """
   num_heads: int
   scale: ScaleMode = "inv_sqrt_dim"
@@ -169,36 +168,22 @@ class MultiHeadSelfAttention(nn.Module):
     still keys and values): the same outputs for those tokens, for less work.
     """
     chex.assert_rank(x, 3)
-    batch, length, dim = x.shape
-    queries = length if num_queries is None else num_queries
+    batch, _, dim = x.shape
     if self.num_heads < 1 or dim % self.num_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be positive and divide the model "
           f"dimension {dim}")
-    head_dim = dim // self.num_heads
-
-    # One matmul for query, key and value (their kernels side by side): on a CPU the
-    # seed ViT's small matmuls cost mostly per-op overhead. Parameters stay three Dense layers.
-    projections = [DenseParams(dim, self.init_style, name=name)(dim)
-                   for name in ("query", "key", "value")]
-    kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(self.dtype)
-    bias = jnp.concatenate([b for _, b in projections]).astype(self.dtype)
-    x = x.astype(self.dtype)
-    if queries == length:
-      qkv = (matmul(x, kernel) + bias).reshape(batch, length, 3, self.num_heads, head_dim)
-      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    else:
-      query = (matmul(x[:, :queries], kernel[:, :dim]) + bias[:dim]).reshape(
-          batch, queries, self.num_heads, head_dim)
-      kv = (matmul(x, kernel[:, dim:]) + bias[dim:]).reshape(batch, length, 2, self.num_heads, head_dim)
-      key, value = kv[:, :, 0], kv[:, :, 1]
+    projection = QKVProjection(self.num_heads, self.init_style, self.dtype)
+    nn.share_scope(self, projection)  # its query/key/value parameters are this layer's
+    query, key, value = projection(x, num_queries)
 
     dropout_rng = None
     if self.attention_dropout_rate > 0.0 and not deterministic:
       dropout_rng = self.make_rng("dropout")
     out, weights = attend(
-        query, key, value, scale=attention_scale(self.scale, head_dim), impl=self.attention_impl,
-        dropout_rate=self.attention_dropout_rate, dropout_rng=dropout_rng)
+        query, key, value, scale=attention_scale(self.scale, dim // self.num_heads),
+        impl=self.attention_impl, dropout_rate=self.attention_dropout_rate,
+        dropout_rng=dropout_rng)
     _sow_weights(self, weights)
-    out = out.reshape(batch, queries, dim)
+    out = out.reshape(batch, query.shape[1], dim)
     return Dense(dim, self.init_style, self.dtype, name="out")(out)

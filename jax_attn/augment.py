@@ -1,12 +1,13 @@
-"""On-device normalisation and augmentation, run inside the jitted step.
+"""On-device normalisation, augmentation and test-time views, run inside the jitted steps.
 
 Randomness is per example: the key of example ``i`` of the global batch is
 ``fold_in(step_key, i)``, so augmentations do not depend on how the batch is
-split over devices or processes.
+split over devices or processes. The alternating flip depends on the example's
+index in the training split and the epoch only.
 """
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +17,10 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 NORMALIZATIONS = ("reference", "mean_std")
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """``reference`` normalisation is the notebook's ``(x/255 - 0.5) / 0.5``."""
-  normalization: str = "reference"
-  crop_padding: int = 0      # random crop after reflect-padding by this many pixels; 0 = off
-  flip: bool = False         # random horizontal flip
-  cutout: int = 0            # side of a random square set to 0 after normalising; 0 = off
-
-  @property
-  def is_random(self) -> bool:
-    return bool(self.crop_padding or self.flip or self.cutout)
+def is_random(config: Any) -> bool:
+  """Whether ``config`` (the ``augment`` settings: normalization, crop_padding, flip, cutout;
+  see configs/default.py) draws anything at random."""
+  return bool(config.crop_padding or config.flip or config.cutout)
 
 
 def normalize(images: jax.Array, normalization: str) -> jax.Array:
@@ -39,7 +33,17 @@ def normalize(images: jax.Array, normalization: str) -> jax.Array:
   raise ValueError(f"normalization {normalization!r} is unknown: use one of {NORMALIZATIONS}")
 
 
-def _augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax.Array:
+def alternating_flips(key: jax.Array, indices: jax.Array, epoch: jax.Array) -> jax.Array:
+  """Whether each example is mirrored in ``epoch``: a fair coin per example, drawn once from
+  ``key`` and its index in the training split, inverted in every odd epoch, so each example
+  is mirrored in exactly one of any two consecutive epochs (airbench's alternating flip: the
+  two views are seen equally often, where independent random flips repeat one by chance)."""
+  base = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+  return base ^ (epoch % 2 == 1)
+
+
+def _augment_one(image: jax.Array, key: jax.Array, config: Any,
+                 flip: jax.Array | None) -> jax.Array:
   crop_key, flip_key, cut_key = jax.random.split(key, 3)
   height, width, _ = image.shape
   if config.crop_padding:
@@ -48,7 +52,8 @@ def _augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax
     dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
     image = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
   if config.flip:
-    image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    flip = jax.random.bernoulli(flip_key) if flip is None else flip
+    image = jnp.where(flip, image[:, ::-1], image)
   if config.cutout:
     cy, cx = jax.random.randint(cut_key, (2,), 0, jnp.array([height, width]))
     rows = jnp.abs(jnp.arange(height) - cy)[:, None] <= config.cutout // 2
@@ -57,11 +62,39 @@ def _augment_one(image: jax.Array, key: jax.Array, config: AugmentConfig) -> jax
   return image
 
 
-def preprocess(images: jax.Array, config: AugmentConfig, key: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
-  """Normalises, then (when ``key`` is given and the config asks) augments each example."""
+def preprocess(images: jax.Array, config: Any, key: jax.Array | None = None,
+               positions: jax.Array | None = None, flips: jax.Array | None = None) -> jax.Array:
+  """Normalises, then (when ``key`` is given and the config asks) augments each example.
+
+  ``flips`` (one bool per example, e.g. ``alternating_flips``) replaces the random flip.
+  """
   x = normalize(images, config.normalization)
-  if key is None or not config.is_random:
+  if key is None or not is_random(config):
     return x
   keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
-  return jax.vmap(lambda im, k: _augment_one(im, k, config))(x, keys)
+  if flips is None:
+    return jax.vmap(lambda im, k: _augment_one(im, k, config, None))(x, keys)
+  return jax.vmap(lambda im, k, f: _augment_one(im, k, config, f))(x, keys, flips)
+
+
+def translate(images: jax.Array, dy: int, dx: int) -> jax.Array:
+  """``[B, H, W, C]`` moved by (dy, dx) pixels, the border filled by reflection (as the crops)."""
+  pad = max(abs(dy), abs(dx))
+  if pad == 0:
+    return images
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+  height, width = images.shape[1:3]
+  return padded[:, pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+
+
+def tta_views(flip: bool, shift: int) -> list[tuple[float, int, bool]]:
+  """Test-time views as ``(weight, shift, mirrored)``; the weights sum to one.
+
+  ``shift`` > 0 adds the image moved by ``(+shift, +shift)`` and ``(-shift, -shift)`` pixels:
+  the unshifted view weighs 1/2, each shifted one 1/4 (airbench's TTA); ``flip`` adds the
+  mirror image of every view at the same weight, halving each.
+  """
+  shifts = [(1.0, 0)] + ([(0.5, shift), (0.5, -shift)] if shift else [])
+  shifts = [(w / sum(w for w, _ in shifts), s) for w, s in shifts]
+  mirrors = [False, True] if flip else [False]
+  return [(w / len(mirrors), s, m) for w, s in shifts for m in mirrors]

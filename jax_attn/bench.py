@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jax_attn import augment, datasets, input_pipeline, models, optim
+from jax_attn import augment, data, input_pipeline, models, optim
+from jax_attn import config as config_lib
 from jax_attn.attention import ATTENTION_IMPLS
 from jax_attn.parallel import CPU_KERNELS, Parallel
 from jax_attn.train import create_state, make_eval_body, make_train_body
@@ -56,13 +57,13 @@ class JaxSide:
     shape = (_IMAGE.value, _IMAGE.value, 3)
     host_state = jax.device_get(create_state(self.model, tx, 0, shape))
     self.params = models.count_params(host_state.params)
-    self.split = datasets.SyntheticSource(max(_BATCH.value, _E2E.value), _IMAGE.value).load("train")
+    self.split = data.SyntheticSource(max(_BATCH.value, _E2E.value), _IMAGE.value).load("train")
     host_batch = next(input_pipeline.train_batches(self.split, seed=0, epoch=0,
                                                    global_batch=_BATCH.value))
     self.batch = self.parallel.put_batch(host_batch)
     self.eval_batch = self.parallel.put_batch({**host_batch, "mask": np.ones(_BATCH.value, bool)})
     self.state = self.parallel.replicate(host_state)
-    aug = augment.AugmentConfig()
+    aug = config_lib.augment_config()
     train = self.parallel.wrap(make_train_body(self.model, tx, aug, 0.0), donate_state=True)
     evaluate = self.parallel.wrap(make_eval_body(self.model, aug), donate_state=False)
     start = time.perf_counter()
@@ -99,7 +100,7 @@ class JaxSide:
 
   def epoch(self) -> float:
     """One epoch of ``e2e_examples`` with the real input pipeline (host order, prefetch)."""
-    split = datasets.ArraySplit(self.split.images[:_E2E.value], self.split.labels[:_E2E.value],
+    split = data.ArraySplit(self.split.images[:_E2E.value], self.split.labels[:_E2E.value],
                                 self.split.class_names)
     start = time.perf_counter()
     metrics = None

@@ -14,32 +14,34 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from jax_attn.config import TrainConfig
+from jax_attn import config as config_lib
 from jax_attn.errors import UserError
 
-# Settings that change the parameters' shapes or meaning: resuming across them is refused.
-ARCHITECTURE_KEYS = ("model", "preset", "model_overrides", "num_classes", "image_size")
 
+def check_resumable(workdir: Path, config: Any, log: Callable[[str], None]) -> None:
+  """Refuses a workdir whose config.json describes another architecture.
 
-def check_resumable(workdir: Path, config: dict[str, Any], log: Callable[[str], None]) -> None:
-  """Refuses a workdir whose config.json describes another architecture."""
+  config.json files written by earlier versions are read in today's layout
+  (``config.from_json``); settings added since take their defaults, which those runs had.
+  """
   path = workdir / "config.json"
   if not path.exists():
     return
   try:
-    previous = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
+    previous = config_lib.flatten(config_lib.to_json(config_lib.from_json(
+        json.loads(path.read_text()))))
+  except (OSError, ValueError, AttributeError, TypeError) as e:
     raise UserError(f"{path} is unreadable ({e}): move it away or use another --workdir") from None
-  # Settings added since that run was written take their defaults, which it ran with: no change.
-  previous = {**TrainConfig.from_json(previous).to_json(), **previous}
+  current = config_lib.flatten(config_lib.to_json(config))
   def differs(key: str) -> bool:  # key order is not a change: config.json is written sorted
-    return json.dumps(previous.get(key), sort_keys=True) != json.dumps(config.get(key), sort_keys=True)
+    return json.dumps(previous.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True)
 
-  clashes = [f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in ARCHITECTURE_KEYS if differs(k)]
+  clashes = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}"
+             for k in config_lib.ARCHITECTURE_KEYS if differs(k)]
   if clashes:
     raise UserError(f"--workdir={workdir} holds a run of another architecture ({'; '.join(clashes)}):"
                     " use a new --workdir, or the original settings to resume")
-  changed = sorted(k for k in set(previous) | set(config) if differs(k))
+  changed = sorted(k for k in set(previous) | set(current) if differs(k))
   if changed:
     log(f"resuming in {workdir} with changed settings: {', '.join(changed)}")
 
@@ -48,8 +50,6 @@ class Checkpointer:
   """Keeps the last ``keep`` checkpoints under ``directory``; restores the newest good one."""
 
   def __init__(self, directory: Path, keep: int, log: Callable[[str], None]):
-    if keep < 1:
-      raise UserError(f"--keep_checkpoints={keep} must be at least 1")
     self._log = log
     self._directory = directory.absolute()
     self._manager = ocp.CheckpointManager(

@@ -8,12 +8,14 @@ step returns the preprocessed batch (what a model would consume).
 from __future__ import annotations
 
 import json
+from typing import Any
 import time
 
 import jax
 from absl import app, flags
 
-from jax_attn import augment, datasets, input_pipeline
+from jax_attn import augment, data, input_pipeline
+from jax_attn import config as config_lib
 from jax_attn.parallel import Parallel
 
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
@@ -23,13 +25,13 @@ _PARALLEL = flags.DEFINE_enum("parallel", "none", ["none", "pmap", "shard_map"],
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
 
 CONFIGS = {
-    "reference normalisation": augment.AugmentConfig(),
-    "crop+flip": augment.AugmentConfig(crop_padding=4, flip=True),
-    "crop+flip+cutout": augment.AugmentConfig(crop_padding=4, flip=True, cutout=8),
+    "reference normalisation": config_lib.augment_config(),
+    "crop+flip": config_lib.augment_config(crop_padding=4, flip=True),
+    "crop+flip+cutout": config_lib.augment_config(crop_padding=4, flip=True, cutout=8),
 }
 
 
-def measure(split: datasets.ArraySplit, parallel: Parallel, config: augment.AugmentConfig,
+def measure(split: data.ArraySplit, parallel: Parallel, config: Any,
             steps: int) -> float:
   """Images/sec of feeding + preprocessing ``steps`` batches (after one warm-up batch)."""
 
@@ -63,9 +65,9 @@ def main(argv: list[str]) -> None:
   del argv
   parallel = Parallel.create(_PARALLEL.value, _BATCH.value)
   if _IMAGE_FOLDER.value:
-    split = datasets.ImageFolderSource(_IMAGE_FOLDER.value).load("train")
+    split = data.ImageFolderSource(_IMAGE_FOLDER.value).load("train")
   else:
-    split = datasets.SyntheticSource(50_000, 32).load("train")
+    split = data.SyntheticSource(50_000, 32).load("train")
   results = {name: measure(split, parallel, config, _STEPS.value)
              for name, config in CONFIGS.items()}
   if _JSON.value:

@@ -36,3 +36,17 @@ def param_initializers(style: str, fan_in: int) -> tuple[Any, Any]:
   inits = {"kernel_init": nn.initializers.lecun_normal(), "bias_init": nn.initializers.zeros,
            **layer_init(style, fan_in)}
   return inits["kernel_init"], inits["bias_init"]
+
+
+def dirac(base: Any) -> Any:
+  """``base``'s conv kernel ``[kh, kw, in, out]`` with its first ``min(in, out)`` filters set to
+  the identity (1 at the centre tap of the matching channel, 0 elsewhere), as ``torch.nn.init.
+  dirac_`` on those filters: a conv that starts as a pass-through trains fast (airbench)."""
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    kernel = base(key, shape, dtype)
+    kh, kw, fan_in, fan_out = shape
+    n = min(fan_in, fan_out)
+    identity = jnp.zeros((kh, kw, fan_in, n), dtype).at[kh // 2, kw // 2, jnp.arange(n),
+                                                         jnp.arange(n)].set(1)
+    return kernel.at[..., :n].set(identity)
+  return init

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from jax_attn.datasets import ArraySplit
+from jax_attn.data import ArraySplit
 from jax_attn.errors import DataError
 
 Batch = dict[str, np.ndarray]
@@ -42,7 +42,8 @@ def train_batches(split: ArraySplit, *, seed: int, epoch: int, global_batch: int
                   first_step: int = 0) -> Iterator[Batch]:
   """This process's slices of the global batches ``first_step, ...`` of ``epoch``.
 
-  ``position`` is each example's index in the global batch: the augmentation
+  ``index`` is each example's index in the split (the alternating flip derives from it),
+  ``position`` its index in the global batch: the augmentation
   keys derive from it, so they do not depend on the device layout.
   """
   order = epoch_order(seed, epoch, len(split))
@@ -50,7 +51,8 @@ def train_batches(split: ArraySplit, *, seed: int, epoch: int, global_batch: int
   positions = np.arange(global_batch, dtype=np.int32)[mine]
   for step in range(first_step, steps_per_epoch(len(split), global_batch)):
     index = order[step * global_batch:(step + 1) * global_batch][mine]
-    yield {"image": split.images[index], "label": split.labels[index], "position": positions}
+    yield {"image": split.images[index], "label": split.labels[index], "position": positions,
+           "index": index.astype(np.int32)}
 
 
 def eval_batches(split: ArraySplit, global_batch: int) -> Iterator[Batch]:

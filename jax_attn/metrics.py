@@ -1,4 +1,5 @@
-"""The one metrics writer: metrics.jsonl, config.json, summary.json and progress output.
+"""The one metrics writer: metrics.jsonl, TensorBoard event files, config.json, summary.json
+and progress output.
 
 Only process 0 writes; every process may call it.
 """
@@ -19,6 +20,39 @@ except ImportError:  # tqdm is optional: plain log lines instead
   tqdm = None
 
 
+# TensorBoard tags, from the keys of a metrics.jsonl record. A window record (every
+# --log_every_steps) and the epoch's closing record share the closing step, and TensorBoard's data
+# server keeps one point per tag and step (a second point at a step drops the first), so the
+# closing record's epoch means go to epoch/* tags; its learning rate is the window record's.
+_WINDOW_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
+                "learning_rate": "train/learning_rate", "images_per_sec": "train/images_per_sec"}
+_EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_accuracy": "epoch/train_accuracy",
+               "images_per_sec": "epoch/images_per_sec"}  # images/s: the run's mean so far
+_EVAL_TAGS = {"eval_loss": "eval/loss", "eval_accuracy": "eval/accuracy",
+              "eval_accuracy_no_flip": "eval/accuracy_no_flip"}
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _summary_writer_class() -> Any:
+  """``tensorboardX.SummaryWriter``, or None where tensorboardX is not installed.
+
+  tensorboardX's writer module imports torch whenever torch is installed, only to accept torch
+  tensors; in this JAX process that costs seconds and ~200 MB, so an unimported torch is hidden
+  (``sys.modules["torch"] = None`` makes ``import torch`` fail) for the length of the import.
+  """
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return None
+  finally:
+    if hide_torch and "torch" in sys.modules and sys.modules["torch"] is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 def _jsonable(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
@@ -26,12 +60,25 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsWriter:
-  """Appends one JSON object per log step / epoch; writes config and summary files."""
+  """Appends one JSON object per log step / epoch; writes config and summary files.
+
+  Each record also goes to TensorBoard scalars in ``workdir/tensorboard/`` (tensorboardX; run
+  without it, metrics.jsonl alone is written). A resumed run writes a new event file that starts
+  with tensorboardX's ``purge_step`` (the resumed step + 1): TensorBoard drops the points of the
+  earlier files at or past that step, as ``truncate_after`` drops them from metrics.jsonl, so
+  the steps redone after a resume are not shown twice. (TensorBoard's data server also drops,
+  per tag, the points at or past any step written again; the purge event does it for the
+  Python loader and for tags that get no new point.)
+  """
 
   def __init__(self, workdir: Path):
     self.workdir = workdir
     self.is_main = jax.process_index() == 0  # the workdir is made on the first write
     self._bar = None
+    self._tensorboard: Any = None  # a tensorboardX.SummaryWriter, made on the first record
+    self._tensorboard_missing = False
+    self._purge_step: int | None = None  # set by a resume
+    self._last_step: int | None = None  # the step of the last record written
 
   def log(self, message: str) -> None:
     if not self.is_main:
@@ -56,12 +103,54 @@ class MetricsWriter:
       kept = [line for line in path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= step]
       path.write_text("".join(line + "\n" for line in kept))
+    self._purge_step = step + 1  # the next event file hides TensorBoard's points past ``step``
+    self._close_tensorboard()
+    self._last_step = None
 
   def write_metrics(self, record: dict[str, Any]) -> None:
     if self.is_main:
       self.workdir.mkdir(parents=True, exist_ok=True)
       with open(self.workdir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+      self._write_tensorboard(record)
+
+  def _write_tensorboard(self, record: dict[str, Any]) -> None:
+    """The record's scalars at its step; an epoch's closing record (at the same step as the
+    window record before it) flushes the event file."""
+    writer = self._tensorboard_writer()
+    if writer is None:
+      return
+    step = int(record["step"])
+    epoch_end = step == self._last_step
+    self._last_step = step
+    tags = {**(_EPOCH_TAGS if epoch_end else _WINDOW_TAGS), **_EVAL_TAGS}
+    for key, tag in tags.items():
+      value = record.get(key)
+      if value is not None and math.isfinite(value):  # metrics.jsonl has None for these
+        writer.add_scalar(tag, float(value), step)
+    if epoch_end:
+      writer.flush()
+
+  def _tensorboard_writer(self) -> Any:
+    if self._tensorboard is None and not self._tensorboard_missing:
+      summary_writer = _summary_writer_class()
+      if summary_writer is None:
+        self._tensorboard_missing = True
+        self.log("tensorboardX is not installed: no TensorBoard event files, metrics.jsonl only "
+                 "(pip install tensorboardX)")
+      else:
+        # tensorboardX names the file events.out.tfevents.SECONDS.HOST and opens it "wb": the
+        # nanosecond suffix keeps a resume within the same second from overwriting the file
+        # before it, and keeps the files in the order TensorBoard reads them (by name).
+        self._tensorboard = summary_writer(str(self.workdir / TENSORBOARD_DIR),
+                                           purge_step=self._purge_step,
+                                           filename_suffix=f".{time.time_ns()}")
+    return self._tensorboard
+
+  def _close_tensorboard(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()  # flushes
+      self._tensorboard = None
 
   def start_progress(self, total: int, initial: int) -> None:
     """A tqdm bar on a terminal; elsewhere the periodic log lines are the progress."""
@@ -83,6 +172,7 @@ class MetricsWriter:
     self._last = (now, step)
 
   def close(self) -> None:
+    self._close_tensorboard()
     if self._bar is not None:
       self._bar.close()
       self._bar = None

@@ -1,6 +1,7 @@
 """Model registry: one place where the CLI, recipes and tests get their models."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -23,6 +24,14 @@ PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
         "tuned": {"widths": (40, 80, 160), "convs_per_stage": 2, "pool_stages": (0, 1, 2),
                   "attention_stages": (0, 1), "norm": "batch", "head": "gap_dense",
                   "attention_scale": "inv_sqrt_dim", "init_style": "flax"},
+        # airbench-style (whitened 2x2 stem -> 31 px; per stage conv, pool, conv; GELU, BN
+        # without scale, dirac init; max-pool + linear/9 head), SAGAN attention at 15x15 (64
+        # channels) and 7x7 (128): 541,674 parameters with the frozen whitening filters.
+        "tuned_v2": {"widths": (64, 128, 112), "convs_per_stage": 2, "pool_stages": (0, 1, 2),
+                     "pool_position": "after_first_conv", "attention_stages": (0, 1),
+                     "norm": "batch", "bn_scale": False, "bn_momentum": 0.6, "bn_epsilon": 1e-12,
+                     "activation": "gelu", "dirac_init": True, "stem": "whiten",
+                     "head": "max_linear", "head_scale": 1 / 9, "attention_scale": "inv_sqrt_dim"},
     },
     "vit": {
         "seed": {},
@@ -51,6 +60,19 @@ def model_config(name: str, preset: str = "seed", **overrides: Any) -> dict[str,
   config = dict(PRESETS[name][preset])
   config.update(overrides)
   return config
+
+
+# Module fields that are run settings (config.num_classes, .dtype, .attention_impl), not
+# architecture hyper-parameters (config.model).
+RUN_FIELDS = ("num_classes", "dtype", "attention_impl", "parent", "name")
+
+
+def hyperparameters(name: str, preset: str = "seed", **overrides: Any) -> dict[str, Any]:
+  """Every architecture hyper-parameter of ``name``: the module's defaults, then the preset's
+  values, then ``overrides`` (what a recipe stores as ``config.model``)."""
+  config = model_config(name, preset, **overrides)
+  fields = [f for f in dataclasses.fields(MODEL_CLASSES[name]) if f.name not in RUN_FIELDS]
+  return {f.name: config.get(f.name, f.default) for f in fields}
 
 
 def get_model(name: str, preset: str = "seed", **overrides: Any) -> nn.Module:

@@ -9,6 +9,7 @@ latest checkpoint of each run, on the first eval images, using the sown
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from jax_attn import augment, config as config_lib, datasets, models  # noqa: E402
+from jax_attn import config as config_lib, data, models, trained  # noqa: E402
 from jax_attn.errors import UserError  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "report", "Output directory for REPORT.md and the PNGs.")
@@ -32,30 +30,42 @@ _IMAGES = flags.DEFINE_integer("images", 3, "Eval images to draw attention maps 
 def load_run(workdir: Path) -> dict[str, Any]:
   """summary.json, config.json and metrics.jsonl of one workdir."""
   try:
-    config = json.loads((workdir / "config.json").read_text())
+    config = config_lib.from_json(json.loads((workdir / "config.json").read_text()))
     summary_path = workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, UserError) as e:
     raise UserError(f"{workdir} is not a jax_attn workdir ({e}): pass directories written by "
                     "python -m jax_attn.main") from None
-  label = f"{config['model']}/{config['recipe']}" + (
-      f" ({workdir.name})" if workdir.name not in (f"{config['model']}_{config['recipe']}",) else "")
+  label = f"{config.model_name}/{config.recipe}" + (
+      f" ({workdir.name})" if workdir.name != f"{config.model_name}_{config.recipe}" else "")
   return {"dir": workdir, "label": label, "config": config, "summary": summary, "metrics": metrics}
+
+
+def packaged_recipes() -> dict[str, list[tuple[str, ...]]]:
+  """Per model family, its packaged recipes, each with the names it goes by."""
+  from jax_attn.configs import sa_cnn, vit  # pylint: disable=g-import-not-at-top
+  result = {}
+  for name, module in (("sa_cnn", sa_cnn), ("vit", vit)):
+    groups: dict[Any, list[str]] = {}
+    for recipe, make in module.RECIPES.items():
+      groups.setdefault(make, []).append(recipe)
+    result[name] = [tuple(sorted(names, key=len)) for names in groups.values()]
+  return result
 
 
 def _fmt(value: Any, spec: str) -> str:
   return "not run" if value is None else format(value, spec)
 
 
-def _architecture(config: dict[str, Any]) -> str:
-  """The model preset and any ``--model_arg`` overrides, e.g. ``tuned, attention_stages=()``."""
-  overrides = [f"{k}={v}" for k, v in sorted((config.get("model_overrides") or {}).items())]
-  return ", ".join([str(config.get("preset", "-"))] + overrides)
+def _architecture(config: Any) -> str:
+  """The model preset and the hyper-parameters changed from it, e.g. ``tuned, attention_stages=()``."""
+  overrides = [f"{k}={v}" for k, v in sorted(config_lib.model_differences(config).items())]
+  return ", ".join([config.preset] + overrides)
 
 
-def _batch_and_lr(config: dict[str, Any]) -> str:
+def _batch_and_lr(config: Any) -> str:
   """Batch size and peak learning rate (what tells a recipe's variants apart), e.g. ``128, 0.004``."""
   return f"{config['batch_size']}, {config['learning_rate']:g}"
 
@@ -80,19 +90,55 @@ def table(runs: list[dict[str, Any]]) -> str:
   summaries = [run["summary"] or _partial_summary(run) for run in runs]
   for run, s in zip(runs, summaries):
     rows.append(
-        f"| {run['label']} | {run['config']['model']} | {run['config']['recipe']} | "
+        f"| {run['label']} | {run['config'].model_name} | {run['config'].recipe} | "
         f"{_architecture(run['config'])} | {_batch_and_lr(run['config'])} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
         f"{_device(s)} |")
-  present = {(r["config"]["model"], r["config"]["recipe"]) for r, s in zip(runs, summaries) if s}
-  for recipe, per_model in sorted(config_lib.RECIPES.items()):
-    for model in sorted(per_model):
-      if (model, recipe) not in present:
-        rows.append(f"| - | {model} | {recipe} |" + " not run |" * 10)
+  present = {(r["config"].model_name, r["config"].recipe) for r, s in zip(runs, summaries) if s}
+  for model, recipes in sorted(packaged_recipes().items()):
+    for names in recipes:  # a recipe and its aliases (tuned = tuned_vN) are one row
+      if not any((model, name) in present for name in names):
+        rows.append(f"| - | {model} | {' = '.join(names)} |" + " not run |" * 10)
   return "\n".join(rows)
+
+
+# Settings that do not change what a run learns: runs differing only in these (and the seed)
+# are repeats of one recipe.
+_NOT_RECIPE = ("seed", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "parallel",
+               "cpu_kernels", "attention_impl", "image_size", "data.image_folder", "data.data_dir",
+               "data.cifar_archive", "data.dataset", "eval_every_epochs")
+
+
+def seed_groups(runs: list[dict[str, Any]]) -> str:
+  """Runs that differ only in their seed, finished ones only: mean +- sample std of accuracy."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for run in runs:
+    if run["summary"] is None:
+      continue
+    settings = config_lib.flatten(config_lib.to_json(run["config"]))
+    key = json.dumps({k: v for k, v in settings.items() if k not in _NOT_RECIPE}, sort_keys=True)
+    groups.setdefault(key, []).append(run)
+  rows = ["| model | recipe | preset | parameters | seeds | eval accuracy (mean +- std) "
+          "| without TTA | runs |", "|" + "---|" * 8]
+  for members in groups.values():
+    if len(members) < 2:
+      continue
+    config, summary = members[0]["config"], members[0]["summary"]
+    rows.append(f"| {config.model_name} | {config.recipe} | {_architecture(config)} | "
+                f"{summary['params']:,} | {', '.join(str(m['config'].seed) for m in members)} | "
+                f"{_mean_std([m['summary']['eval_accuracy'] for m in members])} | "
+                f"{_mean_std([m['summary'].get('eval_accuracy_no_flip') for m in members])} | "
+                f"{', '.join(m['dir'].name for m in members)} |")
+  return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def _mean_std(values: list[float | None]) -> str:
+  if any(v is None for v in values):
+    return "-"
+  return f"{np.mean(values):.2%} +- {np.std(values, ddof=1):.2%} (n={len(values)})"
 
 
 def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -101,16 +147,15 @@ def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
   if not evals:
     return {}
   last = evals[-1]
-  config = config_lib.TrainConfig.from_json(run["config"])
-  model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
-                           **config.model_overrides)
+  config = run["config"]
+  model = config_lib.build_model(config, attention_impl="einsum")
   size = config.image_size or 32
   return {"params": models.count_params(models.param_shapes(model, (size, size, 3))),
           "epochs": last["epoch"], "eval_accuracy": last["eval_accuracy"],
           "eval_loss": last["eval_loss"], "train_wall_s": last["wall_s"],
           "eval_accuracy_no_flip": last.get("eval_accuracy_no_flip"),
           "train_images_per_sec": last.get("images_per_sec"),
-          "eval_split": f"{run['config']['data'].get('eval_split') or 'held-out'} "
+          "eval_split": f"{run['config'].data.eval_split or 'held-out'} "
                         f"(incomplete: stopped after epoch {last['epoch']})"}
 
 
@@ -153,26 +198,15 @@ def _steps_per_epoch(run: dict[str, Any]) -> float:
 
 def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.ndarray], str]:
   """Eval images (uint8) and the sown attention weights of each attention layer."""
-  config = config_lib.TrainConfig.from_json(run["config"])
-  manager = ocp.CheckpointManager(run["dir"].absolute() / "checkpoints")
-  step = manager.latest_step()
-  if step is None:
-    raise UserError(f"{run['dir']} has no checkpoint to draw attention maps from")
-  state = manager.restore(step, args=ocp.args.StandardRestore())["state"]
-  source = datasets.make_source(config.data, config.num_classes)
-  eval_spec = config.data.eval_split or datasets.default_splits(source)[1]
+  config = run["config"]
+  trained_run = trained.load_trained(run["dir"], config)
+  source = data.make_source(config.data, config.num_classes)
+  eval_spec = config.data.eval_split or data.default_splits(source)[1]
   images = source.load(eval_spec).images[:count]  # the eval split only: no training decode
-  model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
-                           **config.model_overrides)
-  variables = {"params": state["params"], **({"batch_stats": state["batch_stats"]}
-                                             if state.get("batch_stats") else {})}
-  inputs = augment.normalize(jnp.asarray(images), config.augment.normalization)
-  _, sown = model.apply(variables, inputs, mutable=["intermediates"])
-  flat = jax.tree_util.tree_flatten_with_path(sown.get("intermediates", {}))[0]
-  if not flat:
+  _, layers = trained.apply(trained_run, images, attention=True)
+  if not layers:
     raise UserError(f"the model of {run['dir'].name} has no attention layers "
                     f"({_architecture(run['config'])})")
-  layers = [np.asarray(w) for path, w in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0]))]
   return images, layers, eval_spec
 
 
@@ -187,40 +221,51 @@ def _overlay(ax, image: np.ndarray, heat: np.ndarray, title: str,
   ax.axis("off")
 
 
+def attention_panels(model_name: str, layers: list[np.ndarray]
+                     ) -> list[tuple[np.ndarray, str, tuple[int, int] | None]]:
+  """(heat map, title, query pixel) per panel, from one image's attention weights (one array
+  per attention layer, without the batch axis)."""
+  panels = []
+  if model_name == "sa_cnn":  # query pixels: centre and a corner, over all positions, per SA layer
+    for layer, weights in enumerate(layers):
+      side = int(round(np.sqrt(weights.shape[-1])))
+      for label, (y, x) in (("centre", (side // 2, side // 2)), ("corner", (side // 4, side // 4))):
+        panels.append((weights[y * side + x].reshape(side, side), f"SA{layer + 1} {label}", (y, x)))
+  else:  # ViT: class token -> patches, per head and averaged, plus attention rollout
+    last = layers[-1]
+    side = int(round(np.sqrt(last.shape[-1] - 1)))
+    for head in range(last.shape[0]):
+      panels.append((last[head, 0, 1:].reshape(side, side), f"last block head {head}", None))
+    panels.append((last.mean(0)[0, 1:].reshape(side, side), "last block mean", None))
+    rollout = np.eye(last.shape[-1])
+    for weights in layers:
+      mixed = 0.5 * weights.mean(0) + 0.5 * np.eye(last.shape[-1])
+      rollout = mixed / mixed.sum(-1, keepdims=True) @ rollout
+    panels.append((rollout[0, 1:].reshape(side, side), "rollout", None))
+  return panels
+
+
+def draw_attention(model_name: str, image: np.ndarray, layers: list[np.ndarray], path: Path,
+                   title: str = "image") -> None:
+  """One PNG: ``image`` (uint8, as the model saw it) and its attention panels side by side."""
+  panels = attention_panels(model_name, layers)
+  fig, axes = plt.subplots(1, len(panels) + 1, figsize=(1.6 * (len(panels) + 1), 1.9))
+  axes[0].imshow(image)
+  axes[0].set_title(title, fontsize=7)
+  axes[0].axis("off")
+  for ax, (heat, panel_title, query) in zip(axes[1:], panels):
+    _overlay(ax, image, heat / max(heat.max(), 1e-12), panel_title, query)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_attention(run: dict[str, Any], out: Path, count: int) -> list[str]:
   images, layers, _ = _attention(run, count)
-  name = run["config"]["model"]
   files = []
   for i, image in enumerate(images):
-    if name == "sa_cnn":  # query pixels: centre and a corner, over all positions, per SA layer
-      panels = []
-      for layer, weights in enumerate(layers):
-        side = int(round(np.sqrt(weights.shape[-1])))
-        for label, (y, x) in (("centre", (side // 2, side // 2)), ("corner", (side // 4, side // 4))):
-          panels.append((weights[i, y * side + x].reshape(side, side), f"SA{layer + 1} {label}",
-                         (y, x)))
-    else:  # ViT: class token -> patches, per head and averaged, plus attention rollout
-      panels = []
-      last = layers[-1][i]
-      side = int(round(np.sqrt(last.shape[-1] - 1)))
-      for head in range(last.shape[0]):
-        panels.append((last[head, 0, 1:].reshape(side, side), f"last block head {head}", None))
-      panels.append((last.mean(0)[0, 1:].reshape(side, side), "last block mean", None))
-      rollout = np.eye(last.shape[-1])
-      for weights in layers:
-        mixed = 0.5 * weights[i].mean(0) + 0.5 * np.eye(last.shape[-1])
-        rollout = mixed / mixed.sum(-1, keepdims=True) @ rollout
-      panels.append((rollout[0, 1:].reshape(side, side), "rollout", None))
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(1.6 * (len(panels) + 1), 1.9))
-    axes[0].imshow(image)
-    axes[0].set_title("image", fontsize=7)
-    axes[0].axis("off")
-    for ax, (heat, title, query) in zip(axes[1:], panels):
-      _overlay(ax, image, heat / max(heat.max(), 1e-12), title, query)
-    fig.tight_layout()
     filename = f"attention_{run['dir'].name}_{i}.png"
-    fig.savefig(out / filename, dpi=120)
-    plt.close(fig)
+    draw_attention(run["config"].model_name, image, [w[i] for w in layers], out / filename)
     files.append(filename)
   return files
 
@@ -231,7 +276,11 @@ def write_report(workdirs: list[str], out: str, images: int = 3) -> Path:
   out_dir.mkdir(parents=True, exist_ok=True)
   lines = ["# jax_attn comparison report", "",
            "Generated by `python -m jax_attn.report " + " ".join(workdirs) + f" --out {out}`.", "",
-           table(runs), "", "## Curves", "", "![curves](curves.png)", ""]
+           table(runs), ""]
+  groups = seed_groups(runs)
+  if groups:
+    lines += ["## Repeats of one recipe (runs that differ only in their seed)", "", groups, ""]
+  lines += ["## Curves", "", "![curves](curves.png)", ""]
   plot_curves(runs, out_dir)
   lines += ["## Attention maps", ""]
   for run in runs:
@@ -252,7 +301,8 @@ def main(argv: list[str]) -> None:
   try:
     print(write_report(argv[1:], _OUT.value, _IMAGES.value))
   except UserError as e:
-    raise SystemExit(f"jax_attn.report: error: {e}") from None
+    sys.stderr.write(f"jax_attn.report: error: {e}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from jax_attn.datasets import ArraySplit
+from jax_attn.data import ArraySplit
 from jax_attn.torch_reference import TorchSACNN, TorchViT
 
 

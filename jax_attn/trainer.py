@@ -1,7 +1,6 @@
 """The training loop: data, steps, logging, evaluation, checkpoints and exact resume."""
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -9,15 +8,16 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jax_attn import checkpoint, datasets, input_pipeline, models, optim
-from jax_attn.config import TrainConfig
+from jax_attn import config as config_lib
+from jax_attn import augment, checkpoint, data, input_pipeline, models, optim, whitening
 from jax_attn.errors import UserError
 from jax_attn.metrics import MetricsWriter
 from jax_attn.parallel import Parallel
-from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
+from jax_attn.train import (Lookahead, create_state, evaluate, make_eval_body, make_train_body,
+                            with_params)
 
 
 class NonFiniteLossError(UserError):
@@ -27,43 +27,73 @@ class NonFiniteLossError(UserError):
 class _Run:
   """The state of one training run: built once, then ``run()``."""
 
-  def __init__(self, config: TrainConfig, workdir: Path):
-    self.config, self.workdir = config, workdir
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+    self.workdir = workdir
     self.writer = MetricsWriter(workdir)
+    config = config_lib.replace(
+        config, parallel=config.parallel or ("pmap" if jax.device_count() > 1 else "none"))
     self.parallel = Parallel.create(config.parallel, config.batch_size, config.cpu_kernels)
-    self.train_split, self.eval_split, self.train_spec, self.eval_spec = datasets.load_train_eval(
+    self.train_split, self.eval_split, self.train_spec, self.eval_spec = data.load_train_eval(
         config.data, config.num_classes, self.writer.log)
     image_shape = self.train_split.images.shape[1:]
     if config.image_size not in (None, image_shape[0]):
       raise UserError(f"--image_size={config.image_size} but the data is {image_shape[0]}px")
-    self.config = config = dataclasses.replace(config, image_size=image_shape[0])
-    checkpoint.check_resumable(workdir, config.to_json(), self.writer.log)
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    self.model = models.get_model(config.model, config.preset, num_classes=config.num_classes,
-                                  dtype=dtype, attention_impl=config.attention_impl,
-                                  **config.model_overrides)
+    self.config = config = config_lib.replace(config, image_size=image_shape[0])
+    config_lib.validate(config)  # the model's checks, now that the image size is known
+    checkpoint.check_resumable(workdir, config, self.writer.log)
+    self.model = config_lib.build_model(config)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(len(self.train_split), config.batch_size)
     full_run = self.steps_per_epoch * config.epochs
     self.end_step = min(full_run, config.max_steps or full_run)
-    self.schedule = optim.make_schedule(config.schedule, config.learning_rate, full_run,
-                                        round(config.warmup_epochs * self.steps_per_epoch))
-    tx = optim.make_optimizer(config.optimizer, self.schedule, weight_decay=config.weight_decay,
-                              momentum=config.momentum, grad_clip_norm=config.grad_clip_norm)
-    self.host_state = jax.device_get(create_state(self.model, tx, config.seed, image_shape))
+    self.schedule = optim.make_schedule(
+        config.schedule, config.learning_rate, full_run,
+        round(config.warmup_epochs * self.steps_per_epoch), config.lr_warmup_start, config.lr_final)
+    self.host_state, tx = self._initial_state(image_shape)
     self.num_params = models.count_params(self.host_state.params)
+    lookahead = (Lookahead(config.lookahead_every_steps, config.lookahead_decay, full_run)
+                 if config.lookahead_every_steps else None)
     self.train_step = self.parallel.wrap(
-        make_train_body(self.model, tx, config.augment, config.label_smoothing), donate_state=True)
+        make_train_body(self.model, tx, config.augment, config.label_smoothing,
+                        self.steps_per_epoch, lookahead), donate_state=True)
     self.eval_step = self.parallel.wrap(
-        make_eval_body(self.model, config.augment, config.eval_flip), donate_state=False)
+        make_eval_body(self.model, config.augment, config.eval_flip, config.eval_translate),
+        donate_state=False)
     self.checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                                 self.writer.log)
     self.sums = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
     self.train_wall = 0.0
     self.images_seen = 0
 
+  def _initial_state(self, image_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """The step-0 train state (whitening filters from the training images) and its optimizer.
+
+    Parameter groups (``optim.param_groups``) are used only when a setting needs them, so
+    the optimizer state of other runs keeps the layout their checkpoints were written in.
+    """
+    config = self.config
+    shapes = jax.eval_shape(
+        lambda: models.init_variables(self.model, jax.random.key(0), image_shape))
+    groups = optim.param_groups(shapes["params"], shapes.get("batch_stats", {}))
+    whiten = optim.WHITEN_KERNEL in jax.tree.leaves(groups)
+    tx = optim.make_optimizer(
+        config.optimizer, self.schedule, weight_decay=config.weight_decay,
+        momentum=config.momentum, grad_clip_norm=config.grad_clip_norm,
+        bias_lr_scale=config.bias_lr_scale,
+        whiten_bias_steps=round(config.whiten_bias_epochs * self.steps_per_epoch),
+        groups=groups if whiten or config.bias_lr_scale != 1.0 else None)
+    state = create_state(self.model, tx, config.seed, image_shape,
+                         lookahead=bool(config.lookahead_every_steps))
+    if whiten:  # the first 5,000 training images, normalised, as airbench does
+      images = augment.normalize(self.train_split.images[:5000], config.augment.normalization)
+      state = with_params(state, whitening.set_whitening(state.params, np.asarray(images)))
+    return jax.device_get(state), tx
+
   # ---------------------------------------------------------------- checkpoints
   def _checkpoint_tree(self, state: Any) -> dict[str, Any]:
-    return {"state": flax.serialization.to_state_dict(state),
+    state_dict = flax.serialization.to_state_dict(state)
+    if not state_dict["slow"]:  # no lookahead: the layout of checkpoints written before it
+      del state_dict["slow"]
+    return {"state": state_dict,
             "epoch_sums": {k: np.float64(v) for k, v in self.sums.items()},
             "totals": {"train_wall": np.float64(self.train_wall),
                        "images_seen": np.float64(self.images_seen)}}
@@ -73,7 +103,8 @@ class _Run:
     if restored is None:
       return
     step, tree = restored
-    self.host_state = flax.serialization.from_state_dict(self.host_state, tree["state"])
+    self.host_state = flax.serialization.from_state_dict(self.host_state,
+                                                         {"slow": {}, **tree["state"]})
     self.sums = {k: float(v) for k, v in tree["epoch_sums"].items()}
     self.train_wall = float(tree["totals"]["train_wall"])  # summaries cover the whole run
     self.images_seen = int(tree["totals"]["images_seen"])
@@ -147,11 +178,11 @@ class _Run:
   def run(self) -> dict[str, Any]:
     config = self.config
     self._restore()
-    self.writer.write_json("config.json", config.to_json())
+    self.writer.write_json("config.json", config_lib.to_json(config))
     step = int(self.host_state.step)
     state = self.parallel.replicate(self.host_state)
     self.writer.log(
-        f"{config.model} ({config.preset}): {self.num_params:,} parameters; "
+        f"{config_lib.describe(config)}: {self.num_params:,} parameters; "
         f"{len(self.train_split)} train examples ({self.train_spec}), {len(self.eval_split)} eval "
         f"({self.eval_spec}); {self.steps_per_epoch} steps/epoch; {self.parallel.num_devices} "
         f"{jax.default_backend()} device(s), --parallel={config.parallel}")
@@ -192,7 +223,7 @@ class _Run:
   def _summary(self, evaluation: dict[str, float], step: int) -> dict[str, Any]:
     config = self.config
     summary = {
-        "model": config.model, "recipe": config.recipe, "preset": config.preset,
+        "model": config.model_name, "recipe": config.recipe, "preset": config.preset,
         "params": self.num_params, "epochs": step / self.steps_per_epoch, "steps": step,
         "eval_accuracy": evaluation["eval_accuracy"], "eval_loss": evaluation["eval_loss"],
         "eval_examples": evaluation["eval_count"], "eval_split": self.eval_spec,
@@ -219,6 +250,6 @@ def _flip_note(evaluation: dict[str, float]) -> str:
   return f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
   return _Run(config, Path(workdir)).run()

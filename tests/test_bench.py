@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from jax_attn import bench, datasets
+from jax_attn import bench, data
 
 torch = pytest.importorskip("torch")
 from jax_attn.torch_bench import TorchSide  # noqa: E402  (needs torch)
 
 
 def test_torch_side_trains_on_the_visible_device():
-  split = datasets.SyntheticSource(size=32, image_size=32).load("train")
+  split = data.SyntheticSource(size=32, image_size=32).load("train")
   side = TorchSide("vit", batch_size=8, image_size=32, split=split)
   expected = "cuda" if torch.cuda.is_available() else "cpu"
   assert side.device.type == expected

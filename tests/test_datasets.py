@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_attn import datasets
-from jax_attn.datasets import DataConfig, DataError
+from jax_attn import config as config_lib
+from jax_attn import data
+from jax_attn.data import DataError
+from jax_attn.data import tfds as tfds_source
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+
+
+_data = config_lib.data_config  # the data settings of the schema, with overrides
 
 
 def _write_image(path, size=8, mode="RGB", value=0):
@@ -30,7 +35,7 @@ def folder(tmp_path):
 
 
 def test_image_folder_labels_order_and_splits(folder):
-  source = datasets.ImageFolderSource(str(folder))
+  source = data.ImageFolderSource(str(folder))
   assert source.splits() == ("test", "train")
   train = source.load("train")
   assert train.class_names == ("ant", "bee", "cat")  # sorted names -> label ids
@@ -44,7 +49,7 @@ def test_image_folder_labels_order_and_splits(folder):
 def test_image_folder_converts_grayscale_and_rgba(folder):
   _write_image(folder / "train" / "ant" / "9998.png", mode="L", value=7)
   _write_image(folder / "train" / "ant" / "9999.png", mode="RGBA", value=9)
-  train = datasets.ImageFolderSource(str(folder)).load("train")
+  train = data.ImageFolderSource(str(folder)).load("train")
   assert train.images.shape == (14, 8, 8, 3)
 
 
@@ -60,12 +65,12 @@ def test_image_folder_bad_input(folder, damage, message):
   damage(folder)
   split = "empty" if (folder / "empty").exists() else "train"
   with pytest.raises(DataError, match=message):
-    datasets.ImageFolderSource(str(folder)).load(split)
+    data.ImageFolderSource(str(folder)).load(split)
 
 
 def test_image_folder_resizes_only_when_asked(folder):
   _write_image(folder / "train" / "bee" / "0005.png", size=12)
-  train = datasets.ImageFolderSource(str(folder), image_size=16).load("train")
+  train = data.ImageFolderSource(str(folder), image_size=16).load("train")
   assert train.images.shape == (13, 16, 16, 3)
 
 
@@ -95,7 +100,7 @@ def _write_archive(root, as_tar, batch=None):
 
 @pytest.mark.parametrize("as_tar", [True, False])
 def test_cifar_archive(tmp_path, as_tar):
-  source = datasets.CifarArchiveSource(str(_write_archive(tmp_path, as_tar)))
+  source = data.CifarArchiveSource(str(_write_archive(tmp_path, as_tar)))
   train, test = source.load("train"), source.load("test")
   assert train.images.shape == (15, 32, 32, 3) and len(test) == 3
   assert train.class_names[0] == "airplane" and len(train.class_names) == 10
@@ -108,7 +113,7 @@ def test_cifar_archive(tmp_path, as_tar):
 def test_archive_that_is_not_cifar(tmp_path):
   path = _write_archive(tmp_path, as_tar=False, batch={b"data": np.zeros((2, 10), np.uint8)})
   with pytest.raises(DataError, match="lacks CIFAR-10 b'data'"):
-    datasets.CifarArchiveSource(str(path)).load("train")
+    data.CifarArchiveSource(str(path)).load("train")
 
 
 def test_archive_refuses_arbitrary_pickles(tmp_path):
@@ -119,15 +124,15 @@ def test_archive_refuses_arbitrary_pickles(tmp_path):
       return (print, ("owned",))
   (path / "data_batch_1").write_bytes(pickle.dumps(Evil(), protocol=2))
   with pytest.raises(DataError, match="refusing to load .*print"):
-    datasets.CifarArchiveSource(str(path)).load("train")
+    data.CifarArchiveSource(str(path)).load("train")
 
 
 def test_synthetic_is_deterministic_and_sized():
-  a = datasets.SyntheticSource(100, 16).load("train")
-  b = datasets.SyntheticSource(100, 16).load("train")
+  a = data.SyntheticSource(100, 16).load("train")
+  b = data.SyntheticSource(100, 16).load("train")
   np.testing.assert_array_equal(a.images, b.images)
-  assert a.images.shape == (100, 16, 16, 3) and len(datasets.SyntheticSource(100).load("test")) == 20
-  np.testing.assert_array_equal(datasets.SyntheticSource(100, 16).load("train[10:20]").images,
+  assert a.images.shape == (100, 16, 16, 3) and len(data.SyntheticSource(100).load("test")) == 20
+  np.testing.assert_array_equal(data.SyntheticSource(100, 16).load("train[10:20]").images,
                                 a.images[10:20])
 
 
@@ -135,41 +140,50 @@ def test_synthetic_is_deterministic_and_sized():
     ("train", (0, 50000)), ("train[:45000]", (0, 45000)), ("train[45000:]", (45000, 50000)),
     ("train[90%:]", (45000, 50000)), ("train[-10:]", (49990, 50000)), ("test[1:3]", (1, 3))])
 def test_split_slicing(spec, bounds):
-  assert datasets.slice_bounds(spec, 50000) == bounds
+  assert data.slice_bounds(spec, 50000) == bounds
 
 
 @pytest.mark.parametrize("spec, message", [
     ("train[::2]", "is not valid"), ("train[a:b]", "is not valid"), ("train[5:5]", "selects no")])
 def test_bad_split_strings(spec, message):
   with pytest.raises(DataError, match=message):
-    datasets.slice_bounds(spec, 100)
+    data.slice_bounds(spec, 100)
 
 
 def test_defaults_hold_out_a_tenth_without_test_split(folder):
   import shutil
   shutil.rmtree(folder / "test")
   logs = []
-  train, evaluation, train_spec, eval_spec = datasets.load_train_eval(
-      DataConfig(image_folder=str(folder)), 3, logs.append)
+  train, evaluation, train_spec, eval_spec = data.load_train_eval(
+      _data(image_folder=str(folder)), 3, logs.append)
   assert (train_spec, eval_spec) == ("train[:90%]", "train[90%:]")
   assert len(train) + len(evaluation) == 12 and "no 'test' split" in logs[0]
 
 
 def test_label_count_must_match_model(folder):
   with pytest.raises(DataError, match="has 3 classes but the model has num_classes=10"):
-    datasets.load_train_eval(DataConfig(image_folder=str(folder)), 10)
+    data.load_train_eval(_data(image_folder=str(folder)), 10)
 
 
 def test_more_than_one_source():
   with pytest.raises(DataError, match="choose one data source"):
-    datasets.make_source(DataConfig(synthetic=True, dataset="cifar10"))
+    data.make_source(_data(synthetic=True, dataset="cifar10"))
+
+
+def test_registry_picks_the_named_source(folder):
+  assert isinstance(data.make_source(_data(image_folder=str(folder))), data.ImageFolderSource)
+  assert isinstance(data.make_source(_data(synthetic=True)), data.SyntheticSource)
+  source = data.make_source(_data())  # nothing named: tfds cifar10, built without importing TF
+  assert isinstance(source, data.TfdsSource) and source.name == "cifar10"
+  with pytest.raises(DataError, match=r"^choose one data source, not --dataset and --synthetic$"):
+    data.make_source(_data(synthetic=True, dataset="cifar10"))
 
 
 def test_tfds_source_with_mock_data(monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(datasets, "_can_resolve", lambda hosts: True)  # mock_data needs no network
+  monkeypatch.setattr(tfds_source, "_can_resolve", lambda hosts: True)  # mock_data needs no network
   with tfds.testing.mock_data(num_examples=20):
-    source = datasets.TfdsSource("cifar10")
+    source = data.TfdsSource("cifar10")
     assert "test" in source.splits()
     train = source.load("train")
   assert train.images.shape == (20, 32, 32, 3) and train.images.dtype == np.uint8
@@ -187,14 +201,14 @@ def test_tfds_without_network_names_offline_sources(monkeypatch):
       raise ConnectionError("Failed to establish a new connection\nmore detail")
   monkeypatch.setattr(tfds, "builder", lambda *a, **k: Offline())
   with pytest.raises(DataError) as info:
-    datasets.TfdsSource("cifar10").splits()
+    data.TfdsSource("cifar10").splits()
   message = str(info.value)
   assert "\n" not in message and "--image_folder" in message and "--cifar_archive" in message
 
 
 @pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason="../shared/data/cifar10-jpeg not present")
 def test_real_cifar10_jpeg_tree():
-  train = datasets.ImageFolderSource(str(SHARED_TRAIN)).load("train")
+  train = data.ImageFolderSource(str(SHARED_TRAIN)).load("train")
   assert train.images.shape == (50000, 32, 32, 3) and train.images.dtype == np.uint8
   assert len(train.class_names) == 10
   np.testing.assert_array_equal(np.bincount(train.labels), [5000] * 10)
@@ -203,6 +217,6 @@ def test_real_cifar10_jpeg_tree():
 
 def test_tfds_fails_fast_without_dns(monkeypatch, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(datasets, "_can_resolve", lambda hosts: False)
+  monkeypatch.setattr(tfds_source, "_can_resolve", lambda hosts: False)
   with pytest.raises(DataError, match="no network: cannot resolve .*--image_folder"):
-    datasets.TfdsSource("cifar10", data_dir=str(tmp_path)).splits()
+    data.TfdsSource("cifar10", data_dir=str(tmp_path)).splits()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn.dropout import Dropout, apply_dropout, keep_mask, random_bits
+from jax_attn.layers import Dropout, apply_dropout, keep_mask, random_bits
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_attn import augment, models
+from jax_attn import augment, config as config_lib, models
 from jax_attn.train import create_state, make_eval_body
 
 
@@ -19,7 +19,7 @@ def _state_and_batch():
 
 def test_flip_averages_logits_of_image_and_mirror_and_keeps_plain_accuracy():
   model, state, batch = _state_and_batch()
-  config = augment.AugmentConfig()
+  config = config_lib.augment_config()
   plain = make_eval_body(model, config)(state, batch, None)
   flipped = make_eval_body(model, config, flip=True)(state, batch, None)
   assert int(flipped["correct_no_flip"]) == int(plain["correct"]) and int(flipped["count"]) == 5

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn import augment, datasets, input_pipeline
+from jax_attn import augment, config as config_lib, data, input_pipeline
 
-SPLIT = datasets.SyntheticSource(100, 8).load("train")
+SPLIT = data.SyntheticSource(100, 8).load("train")
 
 
 def _labels(batches):
@@ -71,14 +71,14 @@ def test_reference_normalisation():
 
 def test_augmentation_is_per_example_and_repeatable():
   images = jnp.asarray(SPLIT.images[:8])
-  config = augment.AugmentConfig(crop_padding=4, flip=True, cutout=4)
+  config = config_lib.augment_config(crop_padding=4, flip=True, cutout=4)
   positions = jnp.arange(8)
   a = augment.preprocess(images, config, jax.random.key(0), positions)
   b = augment.preprocess(images, config, jax.random.key(0), positions)
   c = augment.preprocess(images, config, jax.random.key(1), positions)
   np.testing.assert_array_equal(a, b)
   assert a.shape == (8, 8, 8, 3) and not np.array_equal(a, c)
-  plain = augment.preprocess(images, augment.AugmentConfig())
+  plain = augment.preprocess(images, config_lib.augment_config())
   assert not np.array_equal(a, plain)
   # example i's augmentation depends only on its position, not on its batch-mates
   one = augment.preprocess(images[3:4], config, jax.random.key(0), positions[3:4])
@@ -87,7 +87,7 @@ def test_augmentation_is_per_example_and_repeatable():
 
 def test_flip_only_mirrors():
   images = jnp.asarray(SPLIT.images[:16])
-  config = augment.AugmentConfig(flip=True)
+  config = config_lib.augment_config(flip=True)
   out = augment.preprocess(images, config, jax.random.key(0), jnp.arange(16))
   plain = augment.normalize(images, "reference")
   for o, p in zip(out, plain):

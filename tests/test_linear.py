@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn import linear
+from jax_attn import layers
 
 
 @pytest.mark.parametrize("shape", [(6, 8), (2, 5, 8)])
@@ -16,9 +16,9 @@ def test_matmul_values_and_gradients_match_plain_matmul(shape, dtype):
   kernel = jax.random.normal(jax.random.key(1), (8, 3)).astype(dtype)
   cotangent = jax.random.normal(jax.random.key(2), shape[:-1] + (3,)).astype(dtype)
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
-  np.testing.assert_allclose(np.float32(linear.matmul(x, kernel)), np.float32(x @ kernel),
+  np.testing.assert_allclose(np.float32(layers.matmul(x, kernel)), np.float32(x @ kernel),
                              rtol=tol, atol=tol)
-  ours = jax.vjp(linear.matmul, x, kernel)[1](cotangent)
+  ours = jax.vjp(layers.matmul, x, kernel)[1](cotangent)
   plain = jax.vjp(lambda a, b: a @ b, x, kernel)[1](cotangent)
   for got, want in zip(ours, plain):
     assert got.dtype == want.dtype and got.shape == want.shape
@@ -30,7 +30,7 @@ def test_cpu_weight_gradient_is_an_ordinary_product():
   if jax.default_backend() != "cpu":
     pytest.skip("CPU-only path")
   x, kernel = jnp.ones((32, 8)), jnp.ones((8, 4))
-  grad = lambda k: jax.grad(lambda k: jnp.sum(linear.matmul(x, k) ** 2))(k)  # noqa: E731
+  grad = lambda k: jax.grad(lambda k: jnp.sum(layers.matmul(x, k) ** 2))(k)  # noqa: E731
   hlo = jax.jit(grad).lower(kernel).as_text()
   assert "opt-barrier" in hlo or "optimization_barrier" in hlo
 
@@ -38,7 +38,7 @@ def test_cpu_weight_gradient_is_an_ordinary_product():
 def test_dense_is_nn_dense():
   x = jax.random.normal(jax.random.key(0), (4, 7, 16))
   for style, expected_init in (("flax", nn.Dense(5)), ("torch", None)):
-    layer = linear.Dense(5, init_style=style)
+    layer = layers.Dense(5, init_style=style)
     variables = layer.init(jax.random.key(1), x)
     chex.assert_shape(variables["params"]["kernel"], (16, 5))
     if expected_init is not None:
@@ -51,4 +51,4 @@ def test_dense_params_are_nn_dense_parameters_unapplied():
   """The fused query/key/value projection keeps three nn.Dense parameter trees."""
   dense = nn.Dense(16).init(jax.random.key(0), jnp.ones((2, 5, 16)))
   chex.assert_trees_all_close(
-      linear.DenseParams(16, init_style="flax").init(jax.random.key(0), 16), dense)
+      layers.DenseParams(16, init_style="flax").init(jax.random.key(0), 16), dense)

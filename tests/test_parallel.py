@@ -13,21 +13,21 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from jax_attn import augment, datasets, input_pipeline, models, optim
+    from jax_attn import augment, config as config_lib, data, input_pipeline, models, optim
     from jax_attn.parallel import Parallel
     from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
 
     name = sys.argv[1]
     overrides = {"dropout_rate": 0.0} if name == "vit" else {}
     model = models.get_model(name, "tiny", **overrides)
-    split = datasets.SyntheticSource(640, 8).load("train")
-    aug = augment.AugmentConfig(crop_padding=2, flip=True)  # layout-independent by design
+    split = data.SyntheticSource(640, 8).load("train")
+    aug = config_lib.augment_config(crop_padding=2, flip=True)  # layout-independent by design
     # SGD, not Adam: the attention key bias's true gradient is exactly 0 (softmax ignores
     # it), so Adam turns the rounding noise of different summation orders into lr-sized steps.
     tx = optim.make_optimizer("sgd", optim.make_schedule("constant", 0.05, 20))
     host_state = jax.device_get(create_state(model, tx, 0, (8, 8, 3)))
     params, evals = {}, {}
-    eval_split = datasets.SyntheticSource(640, 8).load("test")  # 128 examples: padded batches
+    eval_split = data.SyntheticSource(640, 8).load("test")  # 128 examples: padded batches
     for mode in ("none", "pmap", "shard_map"):
       par = Parallel.create(mode, 32)
       step = par.wrap(make_train_body(model, tx, aug, 0.1), donate_state=True)
@@ -72,25 +72,26 @@ def test_cpu_kernels_choose_per_jit_compiler_options():
   assert compiler_options("ynnpack") == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
       "xla_cpu_multi_thread_eigen": False}
+  from jax_attn import config as config_lib
   with pytest.raises(UserError, match="--cpu_kernels=bogus is unknown"):
-    compiler_options("bogus")
+    config_lib.resolve("sa_cnn", "seed", {"cpu_kernels": "bogus"})
 
 
 def test_ynnpack_and_xla_kernels_train_alike():
   import jax
   import numpy as np
-  from jax_attn import augment, datasets, input_pipeline, models, optim
+  from jax_attn import config as config_lib, data, input_pipeline, models, optim
   from jax_attn.parallel import Parallel
   from jax_attn.train import create_state, make_train_body
 
   model = models.get_model("sa_cnn", "tiny")
   tx = optim.make_optimizer("sgd", optim.make_schedule("constant", 0.05, 5))
   host_state = jax.device_get(create_state(model, tx, 0, (8, 8, 3)))
-  split = datasets.SyntheticSource(80, 8).load("train")
+  split = data.SyntheticSource(80, 8).load("train")
   params = {}
   for kernels in ("ynnpack", "xla"):
     parallel = Parallel.create("none", 16, kernels)
-    step = parallel.wrap(make_train_body(model, tx, augment.AugmentConfig(), 0.0), False)
+    step = parallel.wrap(make_train_body(model, tx, config_lib.augment_config(), 0.0), False)
     state = parallel.replicate(host_state)
     for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=16):
       state, _ = step(state, parallel.put_batch(batch))

@@ -1,4 +1,5 @@
 """The comparison report on two tiny synthetic runs."""
+from jax_attn import config as config_lib
 from jax_attn import report
 
 from conftest import TINY
@@ -12,8 +13,8 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
     main_cli([f"--model={model}", *TINY, "--epochs=2", *flip, f"--workdir={workdir}"])
     runs.append(str(workdir))
   path = report.write_report(runs, str(tmp_path / "out"), images=2)
-  assert report._architecture({"preset": "tuned", "model_overrides": {"attention_stages": ()}}
-                              ) == "tuned, attention_stages=()"
+  config = config_lib.resolve("sa_cnn", "tuned", {"model.attention_stages": ()})
+  assert report._architecture(config) == "tuned, attention_stages=()"
   text = path.read_text()
   batch = next(f for f in TINY if f.startswith("--batch_size=")).split("=")[1]
   assert f"| sa_cnn/seed | sa_cnn | seed | tiny | {batch}, 0.001 | 3,274 |" in text
@@ -41,7 +42,7 @@ def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_pat
   main_cli(["--model=sa_cnn", *TINY, "--epochs=1", "--model_arg=attention_stages=()",
             f"--workdir={workdir}"])
   text = report.write_report([str(workdir)], str(tmp_path / "out"), images=1).read_text()
-  assert "| sa_cnn/seed (sa_cnn_no_attention) | sa_cnn | seed | tiny, attention_stages=[] |" in text
+  assert "| sa_cnn/seed (sa_cnn_no_attention) | sa_cnn | seed | tiny, attention_stages=() |" in text
   assert "not drawn: the model of sa_cnn_no_attention has no attention layers" in text
   assert not list((tmp_path / "out").glob("attention_*.png"))
 
@@ -51,3 +52,22 @@ def test_loss_curve_leaves_out_the_epoch_means():
              {"epoch": 1, "step": 8, "train_loss": 1.8},  # epoch 1's mean, closing the epoch
              {"epoch": 2, "step": 12, "train_loss": 1.2}, {"epoch": 2, "step": 16, "train_loss": 1.4}]
   assert [m["train_loss"] for m in report.loss_windows(records)] == [2.0, 1.5, 1.2]
+
+
+def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std():
+  from pathlib import Path
+
+  def run(seed, accuracy, **overrides):
+    config = config_lib.resolve("sa_cnn", "tuned", {"seed": seed, **overrides})
+    return {"config": config, "dir": Path(f"r{seed}{len(overrides)}"),
+            "summary": {"eval_accuracy": accuracy, "eval_accuracy_no_flip": accuracy - 0.01,
+                        "params": 460362}}
+
+  runs = [run(0, 0.90), run(1, 0.92), run(2, 0.94), run(0, 0.5, learning_rate=1.0),
+          run(5, 0.7, log_every_steps=7)]
+  text = report.seed_groups(runs)
+  rows = [line for line in text.splitlines() if line.startswith("| sa_cnn")]
+  assert len(rows) == 1  # the learning-rate variant is another recipe; log_every_steps is not
+  assert "| 0, 1, 2, 5 |" in rows[0]
+  assert "86.50% +- 11.12% (n=4)" in rows[0]  # mean and sample std of 0.90, 0.92, 0.94, 0.70
+  assert report.seed_groups(runs[:1]) == ""

@@ -57,18 +57,19 @@ def test_killed_run_resumes_bit_exact(tmp_path):
 
 def test_resume_guard_reports_only_real_changes(tmp_path):
   """config.json is written with sorted keys; the in-memory config is in field order."""
+  from jax_attn import config as config_lib
   from jax_attn.checkpoint import check_resumable
-  from jax_attn.config import TrainConfig
   from jax_attn.metrics import MetricsWriter
 
-  config = TrainConfig(model="sa_cnn").to_json()
-  MetricsWriter(tmp_path).write_json("config.json", config)
+  config = config_lib.resolve("sa_cnn", "tuned")
+  content = config_lib.to_json(config)
+  MetricsWriter(tmp_path).write_json("config.json", content)
   logged = []
   check_resumable(tmp_path, config, logged.append)
   # a run written before a setting existed ran with its default: not a change either
-  MetricsWriter(tmp_path).write_json("config.json", {k: v for k, v in config.items()
+  MetricsWriter(tmp_path).write_json("config.json", {k: v for k, v in content.items()
                                                      if k != "eval_flip"})
-  check_resumable(tmp_path, config, logged.append)
+  check_resumable(tmp_path, config_lib.replace(config, eval_flip=False), logged.append)
   assert logged == []
-  check_resumable(tmp_path, {**config, "learning_rate": 0.5}, logged.append)
-  assert logged == [f"resuming in {tmp_path} with changed settings: learning_rate"]
+  check_resumable(tmp_path, config_lib.replace(config, learning_rate=0.5), logged.append)
+  assert logged == [f"resuming in {tmp_path} with changed settings: eval_flip, learning_rate"]

@@ -1,0 +1,140 @@
+"""The settings schema, the recipe files, --config overrides, legacy flags and old config.json."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from jax_attn import config as config_lib
+from jax_attn import models
+from jax_attn.configs import default, packaged_path, sa_cnn, vit, with_packaged_config
+from jax_attn.errors import UserError
+
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+@pytest.mark.parametrize("model, module", [("sa_cnn", sa_cnn), ("vit", vit)])
+def test_every_packaged_recipe_is_complete_and_valid(model, module):
+  for recipe in module.RECIPES:
+    config = config_lib.resolve(model, recipe)
+    assert config.model_name == model and config.recipe == recipe
+    # every schema setting is present, and config.model is exactly the module's fields
+    for setting in default.SETTINGS:
+      config_lib.get_value(config, setting.path)
+    assert set(config.model) == set(models.hyperparameters(model))
+
+
+def test_seed_recipes_are_the_recorded_notebook_runs():
+  """The packaged seed recipes reproduce the settings of the recorded seed runs."""
+  for model in ("sa_cnn", "vit"):
+    recorded = config_lib.from_json(json.loads((RESULTS / f"{model}_seed" / "config.json").read_text()))
+    packaged = config_lib.resolve(model, "seed")
+    ignore = {"image_size", "parallel", "data.image_folder", "checkpoint_every_steps",
+              "keep_checkpoints", "log_every_steps", "cpu_kernels", "attention_impl"}
+    a = config_lib.flatten(config_lib.to_json(recorded))
+    b = config_lib.flatten(config_lib.to_json(packaged))
+    assert {k: v for k, v in a.items() if k not in ignore} == {
+        k: v for k, v in b.items() if k not in ignore}
+
+
+def test_every_recorded_config_json_still_reads():
+  """config.json files written before the ConfigDict schema: model was the family name."""
+  paths = sorted(RESULTS.rglob("config.json"))
+  assert len(paths) >= 10
+  for path in paths:
+    content = json.loads(path.read_text())
+    config = config_lib.from_json(content)
+    config_lib.validate(config)
+    assert config.model_name == content["model"]
+    expected = models.hyperparameters(content["model"], content["preset"],
+                                      **{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in content.get("model_overrides", {}).items()})
+    assert dict(config.model) == expected, path
+  noattn = config_lib.from_json(json.loads((RESULTS / "sa_cnn_tuned_noattn" / "config.json").read_text()))
+  assert config_lib.model_differences(noattn) == {"attention_stages": ()}
+
+
+def test_json_round_trip_keeps_every_setting():
+  config = config_lib.resolve("sa_cnn", "tuned", {"model.widths": (8, 16, 32), "epochs": 3})
+  again = config_lib.from_json(json.loads(json.dumps(config_lib.to_json(config))))
+  assert config_lib.to_json(again) == config_lib.to_json(config)
+  assert again.model.widths == (8, 16, 32)  # tuples come back as tuples
+
+
+def test_overrides_are_type_checked_and_validated():
+  with pytest.raises(UserError, match="model.depth"):
+    config_lib.resolve("vit", "seed", {"model.depth": "deep"})
+  with pytest.raises(UserError, match="--optimizer=lamb is unknown"):
+    config_lib.resolve("vit", "seed", {"optimizer": "lamb"})
+  with pytest.raises(UserError, match="num_heads=3 does not divide hidden_dim=128"):
+    config_lib.resolve("vit", "seed", {"model.num_heads": 3, "data.image_size": 32})
+  with pytest.raises(UserError, match="--recipe=best is unknown for vit"):
+    config_lib.resolve("vit", "best")
+
+
+def test_every_setting_flag_is_defined_and_documented():
+  """Adding a setting = one Setting in configs/default.py plus its README row."""
+  import subprocess
+  import sys
+  defined = subprocess.run(  # a fresh process: other modules define flags of the same names
+      [sys.executable, "-c", "import jax_attn.main; from absl import flags; print(*flags.FLAGS)"],
+      capture_output=True, text=True, check=True).stdout.split()
+  readme = (ROOT / "README.md").read_text()
+  for setting in default.SETTINGS:
+    if setting.flag_name:
+      assert setting.flag_name in defined, setting.flag_name
+      assert re.search(rf"[`\[]--{setting.flag_name}[=`\] ]", readme), (
+          f"README documents no --{setting.flag_name}")
+    else:
+      assert f"`--config.{setting.path}`" in readme or setting.path in ("model_name", "recipe"), setting.path
+
+
+def test_shorthand_becomes_the_packaged_file():
+  argv = with_packaged_config(["main", "--model=vit", "--recipe", "tuned", "--epochs=2"])
+  assert argv[1] == f"--config={packaged_path('vit', 'tuned')}" and argv[2:] == [
+      "--model=vit", "--recipe", "tuned", "--epochs=2"]
+  assert with_packaged_config(["main"])[1] == f"--config={packaged_path('sa_cnn', 'seed')}"
+  explicit = ["main", "--config=my.py:x", "--config.epochs=3"]
+  assert with_packaged_config(explicit) == explicit
+
+
+def test_user_recipe_file_with_overrides_and_flags(main_cli, tmp_path):
+  """A recipe of one's own, outside the package, with --config.* and legacy overrides."""
+  recipe = tmp_path / "my_recipe.py"
+  recipe.write_text(
+      "from jax_attn.configs import vit\n\n"
+      "def get_config(arg='small'):\n"
+      "  config = vit.get_config('tuned')\n"
+      "  config.recipe = 'mine_' + arg\n"
+      "  config.model.depth = 1\n"
+      "  return config\n")
+  workdir = tmp_path / "run"
+  tiny = [a for a in TINY if not a.startswith("--preset")]
+  out = main_cli([f"--config={recipe}:small", "--config.model.hidden_dim=16",
+                  "--config.model.mlp_dim=16", "--config.model.stem_widths=(8,)",
+                  "--config.model.num_heads=2", *tiny, "--epochs=1", f"--workdir={workdir}"])
+  written = json.loads((workdir / "config.json").read_text())
+  assert written["recipe"] == "mine_small" and written["model_name"] == "vit"
+  assert written["model"]["depth"] == 1 and written["model"]["hidden_dim"] == 16
+  assert written["model"]["stem_widths"] == [8] and written["epochs"] == 1
+  assert written["optimizer"] == "adamw" and written["data"]["image_size"] == 8
+  assert re.search(r"vit \(tuned_conv, .*depth=1", out.stdout)
+
+
+def test_a_workdir_written_before_the_schema_resumes(main_cli, tmp_path):
+  """An old-layout config.json (model = family name, preset + model_overrides) is the same run."""
+  args = ["--model=vit", *TINY, "--epochs=2", "--model_arg=depth=2", f"--workdir={tmp_path}"]
+  main_cli([*args, "--max_steps=16"])
+  content = json.loads((tmp_path / "config.json").read_text())
+  content.update(model="vit", model_overrides={"depth": 2})
+  for key in ("model_name", "recipe"):
+    content.pop(key)
+  content["recipe"] = "seed"
+  (tmp_path / "config.json").write_text(json.dumps(content))
+  out = main_cli(args)
+  assert "resumed from the checkpoint at step 16" in out.stdout
+  assert "changed settings: max_steps\n" in out.stdout  # the layout change is no change
+  assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 32

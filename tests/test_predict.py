@@ -1,0 +1,141 @@
+"""python -m jax_attn.predict on two tiny synthetic runs (one per model, trained once)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_attn import augment, config as config_lib, predict, trained
+
+from conftest import TINY, run_main
+
+SIZE = 8  # TINY trains on 8x8 synthetic images
+LINE = re.compile(r"^(?P<image>.+?): (?P<entries>.+)$")
+ENTRY = re.compile(r"^(?P<name>.+) (?P<percent>\d+\.\d) %$")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{"sa_cnn": workdir, "vit": workdir}; the ViT evaluated with flip TTA (--eval_flip)."""
+  root = tmp_path_factory.mktemp("runs")
+  workdirs = {}
+  for model in ("sa_cnn", "vit"):
+    workdirs[model] = root / model
+    flip = ["--eval_flip"] if model == "vit" else []
+    run_main([f"--model={model}", *TINY, "--epochs=1", *flip, f"--workdir={workdirs[model]}"])
+  return workdirs
+
+
+@pytest.fixture
+def images(tmp_path):
+  """Files of other sizes and modes than the runs' 8x8 RGB: RGBA PNG, grayscale JPEG, RGB PNG."""
+  rng = np.random.default_rng(0)
+  files = [tmp_path / "rgba.png", tmp_path / "gray.jpg", tmp_path / "rgb.png"]
+  Image.fromarray(rng.integers(0, 256, (13, 20, 4), dtype=np.uint8), "RGBA").save(files[0])
+  Image.fromarray(rng.integers(0, 256, (40, 31), dtype=np.uint8), "L").save(files[1])
+  Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), "RGB").save(files[2])
+  return files
+
+
+def run_predict(*args):
+  return subprocess.run([sys.executable, "-m", "jax_attn.predict", *map(str, args)],
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def reference_probabilities(workdir, files, flip):
+  """Softmax of the model's own logits on each file resized here with PIL (mean with the
+  mirror image's logits under flip TTA)."""
+  run = trained.load_trained(workdir)
+  images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+                     for f in files])
+  x = augment.normalize(jnp.asarray(images), run.config.augment.normalization)
+  logits = run.model.apply(run.variables, x, train=False)
+  if flip:
+    logits = (logits + run.model.apply(run.variables, x[:, :, ::-1], train=False)) / 2
+  return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def assert_png(path):
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000, path
+
+
+def test_vit_prints_top_k_like_the_model_with_the_runs_flip_tta(runs, images, tmp_path):
+  result = run_predict(f"--workdir={runs['vit']}", *images,
+                       f"--attention_map={tmp_path / 'att.png'}")
+  assert result.returncode == 0, result.stderr
+  assert "flip test-time augmentation" in result.stderr and "no flip" not in result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == len(images)
+  expected = reference_probabilities(runs["vit"], images, flip=True)
+  for line, file, probabilities in zip(lines, images, expected):
+    match = LINE.match(line)
+    assert match and match["image"] == str(file), line
+    entries = [ENTRY.match(e) for e in match["entries"].split(", ")]
+    assert len(entries) == 3 and all(entries), line  # --top_k defaults to 3
+    percents = [float(e["percent"]) for e in entries]
+    assert percents == sorted(percents, reverse=True) and sum(percents) <= 100.05, line
+    assert entries[0]["name"] == f"class {np.argmax(probabilities)}", line  # synthetic: no names
+    order = np.argsort(-probabilities)[:3]
+    assert [e["name"] for e in entries] == [f"class {i}" for i in order], line
+    np.testing.assert_allclose(percents, 100 * probabilities[order], atol=0.051)
+  for i in range(len(images)):  # several images: att_0.png, att_1.png, ...
+    assert_png(tmp_path / f"att_{i}.png")
+  assert not (tmp_path / "att.png").exists()
+
+
+def test_sa_cnn_json_with_flip_override_and_attention_map(runs, images, tmp_path):
+  out = tmp_path / "maps" / "one.png"
+  result = run_predict(f"--workdir={runs['sa_cnn']}", images[0], "--json", "--top_k=20", "--flip",
+                       f"--attention_map={out}")
+  assert result.returncode == 0, result.stderr
+  [record] = [json.loads(line) for line in result.stdout.splitlines()]
+  assert record["image"] == str(images[0]) and record["attention_map"] == str(out)
+  assert_png(out)  # one image: the name as given
+  top = record["top_k"]
+  assert len(top) == 10  # --top_k is capped at num_classes
+  probabilities = [c["probability"] for c in top]
+  assert probabilities == sorted(probabilities, reverse=True)
+  assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+  expected = reference_probabilities(runs["sa_cnn"], images[:1], flip=True)[0]
+  np.testing.assert_allclose(probabilities, expected[[c["label"] for c in top]], atol=1e-5)
+  assert top[0]["label"] == np.argmax(expected)
+
+
+@pytest.mark.parametrize("case", ["missing workdir", "no checkpoint", "text file named x.png"])
+def test_bad_input_is_one_error_line_and_exit_2(runs, tmp_path, case):
+  workdir, image = runs["vit"], tmp_path / "x.png"
+  image.write_text("not an image")
+  if case == "missing workdir":
+    workdir, needle = tmp_path / "nowhere", "does not exist"
+  elif case == "no checkpoint":
+    workdir, needle = tmp_path / "fresh", "no checkpoint"
+    workdir.mkdir()
+    (workdir / "config.json").write_text((runs["vit"] / "config.json").read_text())
+  else:
+    needle = "cannot decode image"
+  result = run_predict(f"--workdir={workdir}", image)
+  assert result.returncode == 2 and not result.stdout
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("jax_attn.predict: error: "), result.stderr
+  assert needle in lines[0], lines[0]
+
+
+def test_class_names_come_from_the_runs_data_source(tmp_path):
+  assert predict.class_names(config_lib.resolve("vit"))[:3] == ("airplane", "automobile", "bird")
+  for name in ("dog", "cat"):
+    (tmp_path / "train" / name).mkdir(parents=True)
+  folder = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path),
+                                                "num_classes": 2})
+  assert predict.class_names(folder) == ("cat", "dog")  # sorted, as the source numbers them
+  moved = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path / "gone"),
+                                               "num_classes": 2})
+  assert predict.class_names(moved) == ("class 0", "class 1")
+  synthetic = config_lib.resolve("vit", overrides={"data.synthetic": True})
+  assert predict.class_names(synthetic) == tuple(f"class {i}" for i in range(10))

@@ -1,0 +1,251 @@
+"""Each training technique does what its setting says (issue: tuned recipes), and the
+recipe chain resolves to the documented optimizer, schedule and augmentation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import optax
+import pytest
+
+from jax_attn import augment, config as config_lib, models, optim, whitening
+from jax_attn.train import Lookahead, create_state, make_eval_body, make_train_body
+
+
+def _image(height=6, width=6):
+  """A small image whose every pixel is distinct: any move or mirror changes it."""
+  values = np.arange(height * width * 3, dtype=np.uint8).reshape(1, height, width, 3)
+  return jnp.asarray(values)
+
+
+# ------------------------------------------------------------------ augmentation
+def test_alternating_flip_mirrors_each_example_in_exactly_one_of_two_epochs():
+  key = jax.random.key(3)
+  indices = jnp.arange(2000)
+  flips = [np.asarray(augment.alternating_flips(key, indices, jnp.int32(e))) for e in range(5)]
+  for a, b in zip(flips, flips[1:]):
+    assert np.all(a ^ b)  # exactly one of any two consecutive epochs
+  assert 0.45 < flips[0].mean() < 0.55  # a fair coin per example in the first epoch
+  other_seed = np.asarray(augment.alternating_flips(jax.random.key(4), indices, jnp.int32(0)))
+  assert not np.array_equal(other_seed, flips[0])
+
+
+_SEEN = []
+
+
+class _Probe(nn.Module):
+  """Records the images it is applied to in ``_SEEN`` (a host callback); zero logits."""
+
+  @nn.compact
+  def __call__(self, images, *, train=False):
+    jax.debug.callback(lambda x: _SEEN.append(np.asarray(x)), images)
+    return jnp.zeros((images.shape[0], 10)) + self.param("w", nn.initializers.zeros, (10,))
+
+
+def test_train_step_uses_the_alternating_flip_of_index_and_epoch():
+  """Through the train body: the images a step trains on are the documented ones."""
+  seen = _SEEN
+  probe = _Probe()
+  config = config_lib.augment_config(flip=True, alternating_flip=True)
+  state = create_state(probe, optax.sgd(0.0), 0, (8, 8, 3))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)), jnp.uint8)
+  batch = {"image": images, "label": jnp.arange(4), "position": jnp.arange(4),
+           "index": jnp.array([10, 11, 12, 13])}
+  body = make_train_body(probe, optax.sgd(0.0), config, 0.0, steps_per_epoch=5)
+  plain = np.asarray(augment.normalize(images, "reference"))
+  rng = jax.random.wrap_key_data(state.rng)
+  flips = []
+  for epoch in (0, 1, 2):
+    jax.block_until_ready(body(state.replace(step=jnp.int32(5 * epoch + 3)), batch, None))
+    expected = np.asarray(augment.alternating_flips(jax.random.fold_in(rng, 2**31 - 1),
+                                                    batch["index"], jnp.int32(epoch)))
+    for trained, image, flip in zip(seen[-1], plain, expected):
+      np.testing.assert_array_equal(trained, image[:, ::-1] if flip else image)
+    flips.append(expected)
+  assert np.all(flips[0] ^ flips[1]) and np.array_equal(flips[0], flips[2])
+
+
+def test_crop_moves_and_flip_mirrors_expected_pixels():
+  image = _image()
+  x = augment.normalize(image, "reference")
+  moved = augment.translate(x, 1, -2)
+  np.testing.assert_array_equal(moved[0, 1:, :4], x[0, :-1, 2:])  # content moved down 1, left 2
+  np.testing.assert_array_equal(moved[0, 0], moved[0, 2])  # border filled by reflection
+  config = config_lib.augment_config(crop_padding=2)
+  crops = augment.preprocess(jnp.repeat(image, 64, 0), config, jax.random.key(0), jnp.arange(64))
+  distinct = {np.asarray(c).tobytes() for c in crops}
+  assert len(distinct) > 10  # the crop moves (25 positions)
+  assert any(np.array_equal(c, x[0]) for c in crops)  # the centre crop is the image
+
+
+@pytest.mark.parametrize("flip, shift, expected", [
+    (False, 0, [(1.0, 0, False)]),
+    (True, 0, [(0.5, 0, False), (0.5, 0, True)]),
+    (True, 1, [(0.25, 0, False), (0.25, 0, True), (0.125, 1, False), (0.125, 1, True),
+               (0.125, -1, False), (0.125, -1, True)]),
+])
+def test_tta_views_are_the_named_ones(flip, shift, expected):
+  assert augment.tta_views(flip, shift) == expected
+
+
+def test_eval_with_translate_averages_the_named_views():
+  model = models.get_model("vit", "tiny")
+  state = create_state(model, optax.adam(1e-3), 0, (8, 8, 3))
+  images = jax.random.randint(jax.random.key(1), (4, 8, 8, 3), 0, 256).astype(jnp.uint8)
+  batch = {"image": images, "label": jnp.arange(4), "mask": jnp.ones(4, bool)}
+  config = config_lib.augment_config()
+  sums = make_eval_body(model, config, flip=True, shift=1)(state, batch, None)
+  x = augment.normalize(images, "reference")
+  f = lambda v: model.apply({"params": state.params}, v)  # noqa: E731
+  views = [x, x[:, :, ::-1], augment.translate(x, 1, 1), augment.translate(x, 1, 1)[:, :, ::-1],
+           augment.translate(x, -1, -1), augment.translate(x, -1, -1)[:, :, ::-1]]
+  logits = sum(w * f(v) for w, v in zip([.25, .25, .125, .125, .125, .125], views))
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).sum()
+  np.testing.assert_allclose(sums["loss_sum"], loss, rtol=1e-5)
+  assert int(sums["correct_no_flip"]) == int((jnp.argmax(f(x), -1) == batch["label"]).sum())
+
+
+# ------------------------------------------------------------------ whitening
+def test_whitening_output_has_identity_covariance_over_training_patches():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(300, 8, 8, 3))
+  images[..., 1] += 0.9 * images[..., 0]  # correlated channels, like real images
+  images[:, :, 1:] += 0.8 * images[:, :, :-1]  # correlated neighbours
+  kernel = whitening.whitening_kernel(images, 2, eps=1e-8)
+  assert kernel.shape == (2, 2, 3, 24)
+  out = whitening.patches(images, 2) @ kernel.reshape(12, 24)
+  half = out[:, :12]
+  np.testing.assert_allclose(half.T @ half / len(half), np.eye(12), atol=1e-4)
+  np.testing.assert_array_equal(out[:, 12:], -half)  # each filter with its negation
+  # the layer applies these filters as a valid 2x2 convolution
+  params = whitening.PatchWhitening().init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  params = whitening.set_whitening(params, images)
+  conv = whitening.PatchWhitening().apply({"params": params}, jnp.asarray(images[:2], jnp.float32))
+  np.testing.assert_allclose(np.asarray(conv).reshape(-1, 24), out[:2 * 49], rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------ optimizer and lookahead
+def test_param_groups_and_their_rates():
+  params = {"whiten": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+            "bn1": {"bias": jnp.ones(3)}, "conv1": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
+  batch_stats = {"bn1": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}
+  groups = optim.param_groups(params, batch_stats)
+  assert groups == {"whiten": {"kernel": "whiten_kernel", "bias": "whiten_bias"},
+                    "bn1": {"bias": "bn_bias"}, "conv1": {"kernel": "default", "bias": "default"}}
+  tx = optim.make_optimizer("sgd", optax.constant_schedule(0.1), momentum=0.0, weight_decay=0.01,
+                            bias_lr_scale=64.0, whiten_bias_steps=2, groups=groups)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  assert float(updates["whiten"]["kernel"].max()) == 0.0  # frozen
+  np.testing.assert_allclose(updates["conv1"]["kernel"], -0.1 * (1 + 0.01))
+  np.testing.assert_allclose(updates["bn1"]["bias"], -6.4 * (1 + 0.01 / 64), rtol=1e-6)
+  np.testing.assert_allclose(updates["whiten"]["bias"], -0.1 * 1.01)
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+  assert float(jnp.abs(updates["whiten"]["bias"]).max()) == 0.0  # past whiten_bias_steps
+
+
+def test_lookahead_weights_are_the_documented_average():
+  model = models.get_model("sa_cnn", "tiny", norm="batch")
+  tx = optax.sgd(0.05)
+  state = create_state(model, tx, 0, (8, 8, 3), lookahead=True)
+  lookahead = Lookahead(every_steps=2, decay=0.9, total_steps=4)
+  images = jax.random.randint(jax.random.key(1), (4, 8, 8, 3), 0, 256).astype(jnp.uint8)
+  batch = {"image": images, "label": jnp.arange(4), "position": jnp.arange(4),
+           "index": jnp.arange(4)}
+  config = config_lib.augment_config()
+  plain = jax.jit(lambda s: make_train_body(model, tx, config, 0.0)(s, batch, None)[0])
+  averaged = jax.jit(lambda s: make_train_body(model, tx, config, 0.0, 1, lookahead)(s, batch, None)[0])
+  s1 = averaged(state)  # step 1: no averaging
+  chex_equal = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)  # noqa: E731
+  chex_equal(s1.params, plain(state).params)
+  fast = plain(s1)  # step 2 without the average
+  s2 = averaged(s1)
+  rho = 0.9 ** 2 * (2 / 4) ** 3
+  expected = jax.tree.map(lambda s, f: rho * s + (1 - rho) * f, state.params, fast.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), s2.params, expected)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), s2.slow["params"], expected)
+  expected_stats = jax.tree.map(lambda s, f: rho * s + (1 - rho) * f, state.batch_stats, fast.batch_stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), s2.batch_stats, expected_stats)
+  s4 = averaged(averaged(s2))  # the last step: the weights are the slow average
+  jax.tree.map(np.testing.assert_array_equal, s4.params, s4.slow["params"])
+
+
+# ------------------------------------------------------------------ the recipe chain
+@pytest.mark.parametrize("model, recipe", [("sa_cnn", "seed"), ("vit", "seed"),
+                                           ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1")])
+def test_recipe_resolves_to_documented_training(model, recipe):
+  config = config_lib.resolve(model, recipe)
+  documented = {
+      "seed": dict(optimizer="adam", schedule="constant", learning_rate=1e-3, batch_size=64,
+                   weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0, eval_flip=False),
+      "tuned_v1": dict(optimizer="adamw", schedule="warmup_cosine", weight_decay=5e-2,
+                       grad_clip_norm=1.0, label_smoothing=0.1, eval_flip=True,
+                       batch_size=128 if model == "sa_cnn" else 128,
+                       learning_rate=4e-3 if model == "sa_cnn" else 2e-3)}[recipe]
+  for key, value in documented.items():
+    assert config[key] == value, key
+  norm = "reference" if recipe == "seed" else "mean_std"
+  assert config.augment.normalization == norm
+  assert (config.augment.crop_padding, config.augment.flip) == ((0, False) if recipe == "seed" else (4, True))
+  steps = 45000 // config.batch_size * config.epochs
+  schedule = optim.make_schedule(config.schedule, config.learning_rate, steps,
+                                 round(config.warmup_epochs * 45000 // config.batch_size),
+                                 config.lr_warmup_start, config.lr_final)
+  if recipe == "seed":
+    assert float(schedule(0)) == float(schedule(steps - 1)) == 1e-3
+  else:
+    assert float(schedule(0)) == 0.0 and float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
+    warm = 45000 // config.batch_size
+    assert float(schedule(warm)) == pytest.approx(config.learning_rate, rel=1e-3)
+
+
+# ------------------------------------------------------------------ the SA-CNN of tuned_v2
+def test_dirac_init_starts_convs_as_the_identity():
+  from jax_attn.initializers import dirac
+  kernel = dirac(nn.initializers.lecun_normal())(jax.random.key(0), (3, 3, 4, 6))
+  x = jax.random.normal(jax.random.key(1), (1, 5, 5, 4))
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # the first min(in, out) filters pass through
+  assert float(jnp.abs(kernel[..., 4:]).sum()) > 0  # the others keep the base init
+
+
+def test_tuned_v2_sa_cnn_budget_attention_and_ablation():
+  """<= 550,000 parameters (frozen whitening filters included), two SAGAN layers, and the
+  ablation within 2 % of its parameter count."""
+  with_attention = config_lib.resolve("sa_cnn", "tuned_v2", {"data.image_size": 32})
+  without = config_lib.resolve("sa_cnn", "tuned_v2_noattn", {"data.image_size": 32})
+  shapes = models.param_shapes(config_lib.build_model(with_attention), (32, 32, 3))
+  count = models.count_params(shapes)
+  ablation = models.count_params(models.param_shapes(config_lib.build_model(without), (32, 32, 3)))
+  assert count <= 550_000 and abs(ablation - count) / count < 0.02
+  assert [k for k in shapes if k.startswith("sa")] == ["sa1", "sa2"]
+  assert "gamma" in shapes["sa1"] and shapes["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
+  assert not [k for k in models.param_shapes(config_lib.build_model(without), (32, 32, 3))
+              if k.startswith("sa")]
+  assert all("scale" not in v for k, v in shapes.items() if k.startswith("bn"))  # no BN scale
+  model = config_lib.build_model(with_attention)
+  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  _, sown = model.apply(variables, images, mutable=["intermediates"])
+  weights = jax.tree.leaves(sown["intermediates"])
+  assert [w.shape for w in weights] == [(2, 225, 225), (2, 49, 49)]  # attention at 15x15 and 7x7
+
+
+def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path):
+  """A short tuned_v2 run on synthetic data: the stem's filters are the whitening of the
+  training images and do not change; its bias trains only in the first epochs."""
+  from jax_attn import data, trainer
+  config = config_lib.resolve("sa_cnn", "tuned_v2", {
+      "data.synthetic": True, "data.synthetic_size": 256, "data.image_size": 16,
+      "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4,
+      "model.widths": (8, 16, 16)})
+  trainer.train_and_evaluate(config, tmp_path)
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+  state = manager.restore(manager.latest_step())["state"]
+  split = data.make_source(config.data).load("train")
+  images = np.asarray(augment.normalize(split.images[:5000], "mean_std"))
+  np.testing.assert_allclose(state["params"]["stem"]["whiten"]["kernel"],
+                             whitening.whitening_kernel(images), rtol=1e-4, atol=1e-5)
