@@ -6,4 +6,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"  # works from a source checkout too
-exec python3 -m jax_attn.launch "$@"
+# The interpreter that has jax_attn: $PYTHON if set (e.g. .venv/bin/python), else python3 on PATH.
+python="${PYTHON:-python3}"
+if ! "$python" -c "import jax, jax_attn" 2>/dev/null; then
+  echo "launch.sh: error: $python cannot import jax and jax_attn: set PYTHON to the interpreter you installed them into (e.g. PYTHON=.venv/bin/python ./launch.sh ...)" >&2
+  exit 2
+fi
+exec "$python" -m jax_attn.launch "$@"

@@ -5,6 +5,7 @@ running sums of the current epoch), so it restores into any parallel layout.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -59,7 +60,19 @@ class Checkpointer:
   def save(self, step: int, tree: Any) -> None:
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    with self._write_errors(f"the checkpoint at step {step}"):
+      self._manager.save(step, args=ocp.args.StandardSave(tree))
+
+  @contextlib.contextmanager
+  def _write_errors(self, what: str):
+    """A failed write (full disk, lost permission) as one line; earlier checkpoints stay."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as e:
+      reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+      raise UserError(f"could not write {what} to {self._directory} ({reason}): free space or "
+                      "fix the disk, then rerun the same command; the checkpoints already "
+                      "there are intact") from None
 
   def restore_latest(self, template: Any) -> tuple[int, Any] | None:
     """Newest checkpoint that restores; older ones are tried (and said) if it is corrupt."""
@@ -92,5 +105,6 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with self._write_errors("the last checkpoint"):  # async saves report their errors here
+      self._manager.wait_until_finished()
+      self._manager.close()

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jax_attn import config as config_lib
-from jax_attn import distributed
+from jax_attn import distributed, run_guard
 from jax_attn import configs
 from jax_attn.configs import MODEL_FILES, default
 from jax_attn.errors import UserError
@@ -128,6 +128,9 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     sys.stderr.write(f"jax_attn: error: {e}\n")
     sys.exit(2)
+  except run_guard.StoppedBySignal as e:
+    sys.stderr.write(f"jax_attn: {e}\n")
+    sys.exit(e.exit_code)
   except KeyboardInterrupt:
     sys.stderr.write("jax_attn: interrupted; rerun the same command to resume from the last checkpoint\n")
     sys.exit(130)

@@ -12,9 +12,11 @@ import ml_collections
 import numpy as np
 
 from jax_attn import config as config_lib
-from jax_attn import augment, checkpoint, data, input_pipeline, models, optim, whitening
+from jax_attn import (augment, checkpoint, data, input_pipeline, models, optim, run_guard,
+                      whitening)
 from jax_attn.errors import UserError
 from jax_attn.metrics import MetricsWriter
+from jax_attn import parallel as parallel_lib
 from jax_attn.parallel import Parallel
 from jax_attn.train import (Lookahead, create_state, evaluate, make_eval_body, make_train_body,
                             with_params)
@@ -40,8 +42,22 @@ class _Run:
       raise UserError(f"--image_size={config.image_size} but the data is {image_shape[0]}px")
     self.config = config = config_lib.replace(config, image_size=image_shape[0])
     config_lib.validate(config)  # the model's checks, now that the image size is known
+    run_guard.prepare_workdir(workdir)
+    self.lock = run_guard.WorkdirLock(workdir, self.writer.log)
+    try:
+      self._build(config, workdir, image_shape)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _build(self, config: ml_collections.ConfigDict, workdir: Path,
+             image_shape: tuple[int, ...]) -> None:
     checkpoint.check_resumable(workdir, config, self.writer.log)
-    self.model = config_lib.build_model(config)
+    run_guard.remove_partial_checkpoints(workdir / "checkpoints", self.writer.log)
+    # Batch norm over the global batch when it is split across devices (SA-CNN only has BN).
+    split = {"batch_norm_axis": parallel_lib.AXIS} if (
+        config.model_name == "sa_cnn" and config.parallel != "none") else {}
+    self.model = config_lib.build_model(config, **split)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(len(self.train_split), config.batch_size)
     full_run = self.steps_per_epoch * config.epochs
     self.end_step = min(full_run, config.max_steps or full_run)
@@ -188,34 +204,43 @@ class _Run:
         f"{jax.default_backend()} device(s), --parallel={config.parallel}")
     self.writer.start_progress(self.end_step, step)
     evaluation = None
-    try:
-      while step < self.end_step:
-        epoch, first = divmod(step, self.steps_per_epoch)
-        pending: list[tuple[int, Any]] = []
-        interval_start = time.perf_counter()
-        batches = input_pipeline.prefetch(input_pipeline.train_batches(
-            self.train_split, seed=config.seed, epoch=epoch, global_batch=config.batch_size,
-            first_step=first), self.parallel.put_batch)
-        for batch in batches:
-          state, metrics = self.train_step(state, batch)
-          step += 1
-          pending.append((step, metrics))
-          epoch_done = step % self.steps_per_epoch == 0
-          save_now = step % config.checkpoint_every_steps == 0
-          if (step % config.log_every_steps == 0 or save_now or epoch_done
-              or step == self.end_step):
-            self._flush(pending, interval_start, epoch)
-            interval_start = time.perf_counter()
-          if epoch_done or step == self.end_step:
-            evaluation = self._end_epoch(state, epoch, step) if epoch_done else None
-            save_now = True
-          if save_now:
-            self._save(state, step)
-          if step == self.end_step:
-            break
-    finally:
-      self.writer.close()
-      self.checkpointer.close()
+    with run_guard.StopSignals() as signals:
+      try:
+        while step < self.end_step:
+          epoch, first = divmod(step, self.steps_per_epoch)
+          pending: list[tuple[int, Any]] = []
+          interval_start = time.perf_counter()
+          batches = input_pipeline.prefetch(input_pipeline.train_batches(
+              self.train_split, seed=config.seed, epoch=epoch, global_batch=config.batch_size,
+              first_step=first), self.parallel.put_batch)
+          for batch in batches:
+            state, metrics = self.train_step(state, batch)
+            step += 1
+            pending.append((step, metrics))
+            epoch_done = step % self.steps_per_epoch == 0
+            save_now = step % config.checkpoint_every_steps == 0
+            if (step % config.log_every_steps == 0 or save_now or epoch_done
+                or step == self.end_step):
+              self._flush(pending, interval_start, epoch)
+              interval_start = time.perf_counter()
+            if epoch_done or step == self.end_step:
+              evaluation = self._end_epoch(state, epoch, step) if epoch_done else None
+              save_now = True
+            if save_now:
+              self._save(state, step)
+            if step == self.end_step:
+              break
+            # One process: every step. Several: where they log, so all stop at the same step.
+            if jax.process_count() == 1 or step % config.log_every_steps == 0:
+              stop = signals.agreed()
+              if stop:
+                self._flush(pending, interval_start, epoch)
+                if not save_now:
+                  self._save(state, step)
+                raise run_guard.StoppedBySignal(stop, step)
+      finally:
+        self.writer.close()
+        self.checkpointer.close()
     if evaluation is None:
       evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
     return self._summary(evaluation, step)
@@ -252,4 +277,8 @@ def _flip_note(evaluation: dict[str, float]) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
-  return _Run(config, Path(workdir)).run()
+  run = _Run(config, Path(workdir))
+  try:
+    return run.run()
+  finally:
+    run.lock.release()

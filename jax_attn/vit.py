@@ -25,8 +25,9 @@ class ViT(nn.Module):
   """ViT classifier; the defaults are the reference notebook's (497,930 parameters).
 
   tokens (patches or a conv stem) -> prepend <class> -> + positions -> dropout ->
-  ``depth`` encoder blocks -> (final LayerNorm if pre-norm) -> pool (class token or mean)
-  -> Dense head. Returns logits (the reference returns log_softmax: same loss, same argmax).
+  ``depth`` encoder blocks -> (final LayerNorm if pre-norm) -> pool -> Dense head. Pooling:
+  the class token, the mean of the other tokens, or ``class_seq``: the class token beside a
+  sequence pooling of the other tokens (CCT's learned softmax-weighted mean), concatenated. Returns logits (the reference returns log_softmax: same loss, same argmax).
   """
   num_classes: int = 10
   tokenizer: Literal["patch", "conv"] = "patch"
@@ -40,7 +41,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   attention_scale: ScaleMode = "inv_dim"
   norm_position: Literal["post", "pre"] = "post"
-  pooling: Literal["class", "mean"] = "class"
+  pooling: Literal["class", "mean", "class_seq"] = "class"
   token_init_std: float = 1.0
   attention_impl: AttentionImpl = "einsum"
   init_style: InitStyle = "torch"
@@ -72,7 +73,13 @@ class ViT(nn.Module):
               x, train=train, num_queries=last_queries if i == self.depth - 1 else None)
     if self.norm_position == "pre":
       x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
-    pooled = x[:, 0] if self.pooling == "class" else jnp.mean(x[:, 1:], axis=1)
+    if self.pooling == "class":
+      pooled = x[:, 0]
+    elif self.pooling == "mean":
+      pooled = jnp.mean(x[:, 1:], axis=1)
+    else:
+      pooled = jnp.concatenate([x[:, 0], SequencePool(self.init_style, self.dtype,
+                                                      name="sequence_pool")(x[:, 1:])], axis=-1)
     logits = Dense(self.num_classes, self.init_style, self.dtype, name="head")(pooled)
     chex.assert_shape(logits, (images.shape[0], self.num_classes))
     return logits.astype(jnp.float32)
@@ -90,8 +97,22 @@ class ViT(nn.Module):
     if self.hidden_dim % self.num_heads:
       raise ValueError(
           f"num_heads={self.num_heads} does not divide hidden_dim={self.hidden_dim}")
-    if self.norm_position not in ("post", "pre") or self.pooling not in ("class", "mean"):
+    if (self.norm_position not in ("post", "pre")
+        or self.pooling not in ("class", "mean", "class_seq")):
       raise ValueError(f"unknown norm_position {self.norm_position!r} or pooling {self.pooling!r}")
+
+
+class SequencePool(nn.Module):
+  """``[batch, tokens, dim] -> [batch, dim]``: tokens weighted by a softmax over a learned
+  score of each (the sequence pooling of Compact Convolutional Transformers)."""
+  init_style: InitStyle = "torch"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    scores = Dense(1, self.init_style, self.dtype, name="score")(tokens)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=1).astype(tokens.dtype)
+    return jnp.sum(weights * tokens, axis=1)
 
 
 class Encoder1DBlock(nn.Module):

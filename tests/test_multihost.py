@@ -19,7 +19,7 @@ ARGS = ["--model=vit", "--preset=tiny", "--synthetic", "--image_size=8", "--batc
         # SGD, not Adam: the key bias's true gradient is exactly 0 (softmax ignores it), so
         # Adam turns the rounding noise of different all-reduce orders into lr-sized steps.
         "--optimizer=sgd", "--learning_rate=0.05"]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+ENV = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
 
 
 def _params(workdir):
@@ -80,3 +80,15 @@ def test_killed_worker_stops_the_launch(tmp_path):
   assert "process 1 exited with code -9; stopping the others" in rest
   time.sleep(0.5)
   assert not _alive(pids[0]) and not _alive(pids[1])  # no orphans
+
+
+def test_launch_names_an_interpreter_without_jax_attn(tmp_path):
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\nexit 1\n")
+  fake.chmod(0o755)
+  result = subprocess.run([LAUNCH, "--", "--model=vit"], env=dict(ENV, PYTHON=str(fake)),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"launch.sh: error: {fake} cannot import jax and jax_attn: set PYTHON to the interpreter "
+      "you installed them into (e.g. PYTHON=.venv/bin/python ./launch.sh ...)"]

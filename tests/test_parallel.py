@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
     from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
 
     name = sys.argv[1]
-    overrides = {"dropout_rate": 0.0} if name == "vit" else {}
-    model = models.get_model(name, "tiny", **overrides)
+    overrides = {"vit": {"dropout_rate": 0.0}, "sa_cnn_bn": {"norm": "batch"}}.get(name, {})
+    model = models.get_model(name.replace("_bn", ""), "tiny", **overrides)
     split = data.SyntheticSource(640, 8).load("train")
     aug = config_lib.augment_config(crop_padding=2, flip=True)  # layout-independent by design
     # SGD, not Adam: the attention key bias's true gradient is exactly 0 (softmax ignores
@@ -30,7 +30,9 @@ SCRIPT = textwrap.dedent("""
     eval_split = data.SyntheticSource(640, 8).load("test")  # 128 examples: padded batches
     for mode in ("none", "pmap", "shard_map"):
       par = Parallel.create(mode, 32)
-      step = par.wrap(make_train_body(model, tx, aug, 0.1), donate_state=True)
+      # batch norm over the global batch when it is split (as the trainer builds it)
+      net = model.clone(batch_norm_axis="batch") if name == "sa_cnn_bn" and mode != "none" else model
+      step = par.wrap(make_train_body(net, tx, aug, 0.1), donate_state=True)
       state = par.replicate(host_state)
       for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=32):
         state, _ = step(state, par.put_batch(batch))
@@ -46,7 +48,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["sa_cnn", "vit"])
+@pytest.mark.parametrize("name", ["sa_cnn", "vit", "sa_cnn_bn"])
 def test_pmap_and_shard_map_match_single_device(name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT, name], capture_output=True, text=True,

@@ -249,3 +249,20 @@ def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path):
   images = np.asarray(augment.normalize(split.images[:5000], "mean_std"))
   np.testing.assert_allclose(state["params"]["stem"]["whiten"]["kernel"],
                              whitening.whitening_kernel(images), rtol=1e-4, atol=1e-5)
+
+
+def test_tuned_v2_vit_is_a_vit_with_sequence_pooling_beside_the_class_token():
+  config = config_lib.resolve("vit", "tuned_v2", {"data.image_size": 32})
+  model = config_lib.build_model(config)
+  shapes = models.param_shapes(model, (32, 32, 3))
+  count = models.count_params(shapes)
+  encoder = sum(models.count_params(v) for k, v in shapes.items() if k.startswith("encoder_block"))
+  assert count <= 550_000 and encoder / count >= 0.5 and "class_token" in shapes
+  assert shapes["head"]["kernel"].shape == (2 * 128, 10)  # class token beside the pooled tokens
+  from jax_attn.vit import SequencePool
+  tokens = jax.random.normal(jax.random.key(0), (2, 5, 4))
+  pool = SequencePool()
+  params = pool.init(jax.random.key(1), tokens)
+  scores = tokens @ params["params"]["score"]["kernel"] + params["params"]["score"]["bias"]
+  weights = jax.nn.softmax(scores, axis=1)
+  np.testing.assert_allclose(pool.apply(params, tokens), (weights * tokens).sum(1), rtol=1e-5)

@@ -28,7 +28,22 @@ def tuned_v1() -> ml_collections.ConfigDict:
   return config
 
 
-RECIPES = {"seed": seed, "tuned_v1": tuned_v1, "tuned": tuned_v1}
+def tuned_v2() -> ml_collections.ConfigDict:
+  """tuned_v1's ViT with the class token beside sequence pooling (pooling class_seq), trained
+  with the tuned_v2 SA-CNN's data handling: batch 500 (every example each epoch), 2 warm-up
+  epochs, label smoothing 0.2, lookahead every 5 steps, translate +-2 px with alternating flip,
+  6-view TTA. Untested at 10 epochs: experiments/gpu_tune.sh measures it."""
+  config = tuned_v1()
+  config.model.pooling = "class_seq"
+  config.batch_size, config.learning_rate, config.warmup_epochs = 500, 2e-3, 2.0
+  config.label_smoothing = 0.2
+  config.lookahead_every_steps, config.lookahead_decay = 5, 0.95
+  config.augment.crop_padding, config.augment.alternating_flip = 2, True
+  config.eval_translate = 1
+  return config
+
+
+RECIPES = {"seed": seed, "tuned_v1": tuned_v1, "tuned": tuned_v1, "tuned_v2": tuned_v2}
 
 
 def get_config(recipe: str = "seed") -> ml_collections.ConfigDict:

@@ -1,0 +1,146 @@
+"""What a run does about the world around it: one run per workdir, an unusable workdir, and
+SIGTERM / SIGINT (preemption) ending in a checkpoint.
+
+The lock is a file ``WORKDIR/run.lock`` holding the owner's pid, host and start time, made
+with ``O_EXCL`` (atomic on POSIX file systems); a lock whose process is gone (same host) is
+taken over. No library keeps a per-directory run lock with a stale-owner rule, hence this
+module. Signals are handled by a flag the training loop reads after each step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jax_attn.errors import UserError
+
+LOCK_NAME = "run.lock"
+# Exit codes of a run stopped by a signal after saving its checkpoint (the shell's 128 + N).
+STOP_EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 128 + signal.SIGINT}
+
+
+class StoppedBySignal(Exception):
+  """The run saved a checkpoint at ``step`` and stopped because of ``signal_name``."""
+
+  def __init__(self, signal_name: str, step: int):
+    super().__init__(f"stopped by {signal_name} at step {step}: checkpoint saved; rerun the same "
+                     "command to resume")
+    self.exit_code = STOP_EXIT_CODES[signal_name]
+
+
+def prepare_workdir(workdir: Path) -> None:
+  """Creates ``workdir`` or says in one line why it cannot be used."""
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} is a file, not a directory: use another --workdir")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir={workdir} cannot be created ({e.strerror or e}): use a "
+                    "directory you can write to") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir={workdir} is not writable: use a directory you can write to")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """Held by process 0 for the whole run; ``release`` removes it (only if still its own)."""
+
+  def __init__(self, workdir: Path, log: Callable[[str], None]):
+    self.path = workdir / LOCK_NAME
+    self.owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    self.held = False
+    if jax.process_index() != 0:
+      return
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if holder.get("host") == self.owner["host"] and not _alive(int(holder.get("pid", -1))):
+          log(f"taking over {self.path}: its run (pid {holder.get('pid')}, started "
+              f"{holder.get('started')}) is gone")
+          self.path.unlink(missing_ok=True)
+          continue
+        raise UserError(
+            f"--workdir={self.path.parent} is in use by pid {holder.get('pid')} on "
+            f"{holder.get('host')} (since {holder.get('started')}): wait for that run, or remove "
+            f"{self.path} if it is gone") from None
+      except OSError as e:
+        raise UserError(f"cannot write {self.path} ({e.strerror or e}): use a writable --workdir"
+                        ) from None
+      with os.fdopen(fd, "w") as f:
+        json.dump(self.owner, f)
+      self.held = True
+      return
+
+  def _holder(self) -> dict:
+    try:
+      return json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return {"pid": -1, "host": self.owner["host"], "started": "?"}  # half-written: stale
+
+  def release(self) -> None:
+    if self.held and self._holder().get("pid") == self.owner["pid"]:
+      self.path.unlink(missing_ok=True)
+    self.held = False
+
+
+def remove_partial_checkpoints(directory: Path, log: Callable[[str], None]) -> None:
+  """Deletes temporary directories left by a checkpoint save that failed (orbax writes
+  ``*.orbax-checkpoint-tmp*`` and renames it when complete): they hold no usable checkpoint."""
+  if jax.process_index() != 0 or not directory.is_dir():
+    return
+  for partial in sorted(directory.glob("*.orbax-checkpoint-tmp*")):
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"removed {partial}, left by a checkpoint save that did not finish")
+
+
+class StopSignals:
+  """While active, the first SIGTERM or SIGINT asks the loop to stop after its step; a second
+  SIGINT stops at once (KeyboardInterrupt)."""
+
+  def __init__(self):
+    self.requested: str | None = None
+    self._previous: dict = {}
+
+  def __enter__(self) -> "StopSignals":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    if self.requested is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
+
+  def agreed(self) -> str | None:
+    """The signal every process stops for: with several processes, any one's request,
+    shared through an all-gather so all stop at the same step."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    codes = multihost_utils.process_allgather(
+        np.int32({None: 0, "SIGTERM": 1, "SIGINT": 2}[self.requested]))
+    return {0: None, 1: "SIGTERM", 2: "SIGINT"}[int(np.max(codes))]
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
