@@ -42,6 +42,7 @@ def einsum_attention(
     scale: float,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    batch_axis: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """softmax(q k^T * scale) v with the softmax in float32.
 
@@ -62,7 +63,7 @@ def einsum_attention(
   weights = jax.nn.softmax(scores, axis=-1)
   used = weights
   if dropout_rate > 0.0 and dropout_rng is not None:
-    used = apply_dropout(weights, dropout_rng, dropout_rate)
+    used = apply_dropout(weights, dropout_rng, dropout_rate, batch_axis=batch_axis)
   out = jnp.einsum("...hqk,...khd->...qhd", used.astype(value.dtype), value)
   return out, weights
 
@@ -82,7 +83,8 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, sca
 
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
            impl: str = "einsum", dropout_rate: float = 0.0,
-           dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+           dropout_rng: jax.Array | None = None, batch_axis: str | None = None
+           ) -> tuple[jax.Array, jax.Array | None]:
   """Dispatches to the einsum core (the reference), its chunked form, or
   ``jax.nn.dot_product_attention``.
 
@@ -92,7 +94,7 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
   """
   if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
     return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,
-                            dropout_rng=dropout_rng)
+                            dropout_rng=dropout_rng, batch_axis=batch_axis)
   if impl == "chunked":
     return chunked_attention(query, key, value, scale=scale), None
   if impl != "fused":
@@ -156,6 +158,7 @@ class MultiHeadSelfAttention(nn.Module):
   scale: ScaleMode = "inv_sqrt_dim"
   attention_dropout_rate: float = 0.0
   attention_impl: AttentionImpl = "einsum"
+  batch_axis: str | None = None   # see layers.apply_dropout
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
@@ -183,7 +186,7 @@ class MultiHeadSelfAttention(nn.Module):
     out, weights = attend(
         query, key, value, scale=attention_scale(self.scale, dim // self.num_heads),
         impl=self.attention_impl, dropout_rate=self.attention_dropout_rate,
-        dropout_rng=dropout_rng)
+        dropout_rng=dropout_rng, batch_axis=self.batch_axis)
     _sow_weights(self, weights)
     out = out.reshape(batch, query.shape[1], dim)
     return Dense(dim, self.init_style, self.dtype, name="out")(out)

@@ -102,34 +102,44 @@ def _fmix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """uint32 bits of ``shape``: a pure function of ``key`` (any typed PRNG key) and position."""
+def random_bits(key: jax.Array, shape: tuple[int, ...], offset: jax.Array | int = 0) -> jax.Array:
+  """uint32 bits of ``shape``: a pure function of ``key`` (any typed PRNG key) and position;
+  entry ``i`` (row-major) gets the bits of position ``offset + i``."""
   words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
   if words.size < 2:
     raise ValueError(f"a PRNG key with at least 2 words is needed, got {words.size}")
-  counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  counter = (lax.iota(jnp.uint32, math.prod(shape)) + jnp.asarray(offset, jnp.uint32)
+             ).reshape(shape)
   return _fmix32(_fmix32(counter ^ words[0]) + words[1])
 
 
-def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...],
+              offset: jax.Array | int = 0) -> jax.Array:
   """Boolean mask of ``shape``; each entry is True (kept) with probability ``1 - rate``."""
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
   threshold = min(round((1.0 - rate) * 2.0**32), 2**32 - 1)
-  return random_bits(key, shape) < jnp.uint32(threshold)
+  return random_bits(key, shape, offset) < jnp.uint32(threshold)
 
 
 def apply_dropout(x: jax.Array, key: jax.Array, rate: float,
-                  full_shape: tuple[int, ...] | None = None) -> jax.Array:
+                  full_shape: tuple[int, ...] | None = None,
+                  batch_axis: str | None = None) -> jax.Array:
   """Inverted dropout: zero entries with probability ``rate``, scale the rest by 1/(1-rate).
 
   With ``full_shape``, ``x`` is the leading corner ``full[:n0, :n1, ...]`` of a tensor
   of that shape and gets exactly the entries of that tensor's mask (computing only a
-  slice of a model must not change its random draws).
+  slice of a model must not change its random draws). With ``batch_axis`` (the mapped axis
+  the global batch is split over, in equal contiguous slices) the mask is this device's rows
+  of the global batch's mask: dropout does not depend on the number of devices.
   """
   if rate == 0.0:
     return x
-  mask = keep_mask(key, rate, tuple(full_shape or x.shape))
+  shape = tuple(full_shape or x.shape)
+  offset = 0
+  if batch_axis is not None:
+    offset = lax.axis_index(batch_axis).astype(jnp.uint32) * jnp.uint32(math.prod(shape))
+  mask = keep_mask(key, rate, shape, offset)
   if full_shape is not None:
     mask = mask[tuple(slice(0, n) for n in x.shape)]
   scale = jnp.asarray(1.0 / (1.0 - rate), x.dtype)
@@ -141,6 +151,7 @@ class Dropout(nn.Module):
   ``full_shape`` as in ``apply_dropout``."""
   rate: float
   deterministic: bool | None = None
+  batch_axis: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool | None = None,
@@ -148,7 +159,7 @@ class Dropout(nn.Module):
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     if deterministic or self.rate == 0.0:
       return x
-    return apply_dropout(x, self.make_rng("dropout"), self.rate, full_shape)
+    return apply_dropout(x, self.make_rng("dropout"), self.rate, full_shape, self.batch_axis)
 
 
 # --- Layers of the ViT ------------------------------------------------------------------

@@ -64,7 +64,7 @@ def model_config(name: str, preset: str = "seed", **overrides: Any) -> dict[str,
 
 # Module fields that are run settings (config.num_classes, .dtype, .attention_impl), not
 # architecture hyper-parameters (config.model).
-RUN_FIELDS = ("num_classes", "dtype", "attention_impl", "batch_norm_axis", "parent", "name")
+RUN_FIELDS = ("num_classes", "dtype", "attention_impl", "batch_axis", "parent", "name")
 
 
 def hyperparameters(name: str, preset: str = "seed", **overrides: Any) -> dict[str, Any]:

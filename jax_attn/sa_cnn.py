@@ -63,7 +63,7 @@ class SACNN(nn.Module):
   attention_impl: AttentionImpl = "einsum"
   # Set when the batch is split over devices (pmap / shard_map axis): batch norm then uses the
   # statistics of the global batch, so a run trains the same on any number of devices.
-  batch_norm_axis: str | None = None
+  batch_axis: str | None = None
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
@@ -86,7 +86,7 @@ class SACNN(nn.Module):
         if self.norm == "batch":
           x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, use_scale=self.bn_scale,
-                           axis_name=self.batch_norm_axis if train else None,
+                           axis_name=self.batch_axis if train else None,
                            dtype=self.dtype, name=f"bn{layer}")(x)
         x = act(x)
         if shortcut is not None:

@@ -94,7 +94,8 @@ def make_train_body(model: nn.Module, tx: optax.GradientTransformation,
     images = augment_lib.preprocess(batch["image"], augment, jax.random.fold_in(step_key, 0),
                                     batch["position"], flips)
     dropout_key = jax.random.fold_in(step_key, 1)
-    if axis_name is not None:
+    if axis_name is not None and getattr(model, "batch_axis", None) is None:
+      # a model that does not know it is split: at least different masks per device
       dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     labels = batch["label"]
 

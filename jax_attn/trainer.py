@@ -54,9 +54,8 @@ class _Run:
              image_shape: tuple[int, ...]) -> None:
     checkpoint.check_resumable(workdir, config, self.writer.log)
     run_guard.remove_partial_checkpoints(workdir / "checkpoints", self.writer.log)
-    # Batch norm over the global batch when it is split across devices (SA-CNN only has BN).
-    split = {"batch_norm_axis": parallel_lib.AXIS} if (
-        config.model_name == "sa_cnn" and config.parallel != "none") else {}
+    # When the batch is split over devices: batch norm and dropout of the global batch.
+    split = {"batch_axis": parallel_lib.AXIS} if config.parallel != "none" else {}
     self.model = config_lib.build_model(config, **split)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(len(self.train_split), config.batch_size)
     full_run = self.steps_per_epoch * config.epochs

@@ -44,6 +44,9 @@ class ViT(nn.Module):
   pooling: Literal["class", "mean", "class_seq"] = "class"
   token_init_std: float = 1.0
   attention_impl: AttentionImpl = "einsum"
+  # The mapped axis the global batch is split over (pmap / shard_map), when it is: dropout
+  # masks are then the global batch's, the same on any number of devices.
+  batch_axis: str | None = None
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
@@ -59,7 +62,7 @@ class ViT(nn.Module):
                          dtype=self.dtype, name="patch_embedding")(images)
     x = AddClassToken(self.token_init_std, name="class_token")(x)
     x = AddPositionEmbs(self.token_init_std, name="pos_embedding")(x)
-    x = Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Dropout(self.dropout_rate, deterministic=not train, batch_axis=self.batch_axis)(x)
     # Speed, same results: the last block may compute the class token's output alone.
     last_queries = last_block_queries(self, pooling=self.pooling, train=train,
                                       attention_dropout_rate=self.attention_dropout_rate)
@@ -68,8 +71,8 @@ class ViT(nn.Module):
           self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate,
           attention_scale=self.attention_scale, norm_position=self.norm_position,
-          attention_impl=self.attention_impl, init_style=self.init_style, dtype=self.dtype,
-          name=f"encoder_block{i}")(
+          attention_impl=self.attention_impl, batch_axis=self.batch_axis,
+          init_style=self.init_style, dtype=self.dtype, name=f"encoder_block{i}")(
               x, train=train, num_queries=last_queries if i == self.depth - 1 else None)
     if self.norm_position == "pre":
       x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
@@ -128,6 +131,7 @@ class Encoder1DBlock(nn.Module):
   attention_scale: ScaleMode = "inv_dim"
   norm_position: Literal["post", "pre"] = "post"
   attention_impl: AttentionImpl = "einsum"
+  batch_axis: str | None = None
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
@@ -142,10 +146,10 @@ class Encoder1DBlock(nn.Module):
     attention = MultiHeadSelfAttention(
         self.num_heads, scale=self.attention_scale,
         attention_dropout_rate=self.attention_dropout_rate,
-        attention_impl=self.attention_impl, init_style=self.init_style, dtype=self.dtype,
-        name="attention")
+        attention_impl=self.attention_impl, batch_axis=self.batch_axis,
+        init_style=self.init_style, dtype=self.dtype, name="attention")
     mlp = MlpBlock(self.mlp_dim, init_style=self.init_style, dtype=self.dtype, name="mlp")
-    dropout = Dropout(self.dropout_rate, deterministic=not train)
+    dropout = Dropout(self.dropout_rate, deterministic=not train, batch_axis=self.batch_axis)
     drop = lambda y: dropout(y, full_shape=x.shape)  # noqa: E731
     attend = lambda y: attention(y, deterministic=not train, num_queries=num_queries)  # noqa: E731
     residual = x[:, :num_queries]  # all tokens when num_queries is None

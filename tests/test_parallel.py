@@ -18,8 +18,9 @@ SCRIPT = textwrap.dedent("""
     from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
 
     name = sys.argv[1]
-    overrides = {"vit": {"dropout_rate": 0.0}, "sa_cnn_bn": {"norm": "batch"}}.get(name, {})
-    model = models.get_model(name.replace("_bn", ""), "tiny", **overrides)
+    overrides = {"vit": {"dropout_rate": 0.0}, "sa_cnn_bn": {"norm": "batch"},
+                 "vit_dropout": {"dropout_rate": 0.1, "attention_dropout_rate": 0.1}}.get(name, {})
+    model = models.get_model("vit" if name.startswith("vit") else "sa_cnn", "tiny", **overrides)
     split = data.SyntheticSource(640, 8).load("train")
     aug = config_lib.augment_config(crop_padding=2, flip=True)  # layout-independent by design
     # SGD, not Adam: the attention key bias's true gradient is exactly 0 (softmax ignores
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     for mode in ("none", "pmap", "shard_map"):
       par = Parallel.create(mode, 32)
       # batch norm over the global batch when it is split (as the trainer builds it)
-      net = model.clone(batch_norm_axis="batch") if name == "sa_cnn_bn" and mode != "none" else model
+      net = model.clone(batch_axis="batch") if name.endswith(("_bn", "_dropout")) and mode != "none" else model
       step = par.wrap(make_train_body(net, tx, aug, 0.1), donate_state=True)
       state = par.replicate(host_state)
       for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=32):
@@ -48,7 +49,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["sa_cnn", "vit", "sa_cnn_bn"])
+@pytest.mark.parametrize("name", ["sa_cnn", "vit", "sa_cnn_bn", "vit_dropout"])
 def test_pmap_and_shard_map_match_single_device(name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT, name], capture_output=True, text=True,
