@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jax_attn import augment, data, input_pipeline, models, optim
+from jax_attn import data, input_pipeline, models, optim
 from jax_attn import config as config_lib
 from jax_attn.attention import ATTENTION_IMPLS
 from jax_attn.parallel import CPU_KERNELS, Parallel

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from jax_attn import config as config_lib, data, trained
+from jax_attn import config as config_lib, trained
 from jax_attn.data.image_folder import _decode as decode_image  # the image-folder source's decode
 from jax_attn.errors import UserError
 
@@ -51,23 +51,6 @@ _FLIP = flags.DEFINE_bool(
     "flip", None, "Flip test-time augmentation (mean logits of image and mirror image); "
     "default: as the run evaluated (its eval_flip).")
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")  # the label order of tfds cifar10 and the official archive
-
-
-def class_names(config: Any) -> tuple[str, ...]:
-  """The run's class names as far as its data source still tells them (see the module doc)."""
-  settings, count = config.data, config.num_classes
-  if settings.image_folder:
-    split = data.parse_split(settings.train_split)[0] if settings.train_split else "train"
-    folder = Path(settings.image_folder) / split
-    names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir())) if folder.is_dir() else ()
-    if len(names) == count:  # the source numbers the sorted class folders 0, 1, ...
-      return names
-  elif not settings.synthetic and count == 10 and (
-      settings.cifar_archive or (settings.dataset or "cifar10") == "cifar10"):
-    return CIFAR10_CLASSES
-  return tuple(f"class {i}" for i in range(count))
 
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
@@ -113,7 +96,7 @@ def predict(workdir: str, paths: list[str], top_k: int = 3, flip: bool | None = 
           else "no flip test-time augmentation") + (f", views moved by +-{shift} px" if shift else ""))
   shifted = np.exp(logits - logits.max(-1, keepdims=True))
   probabilities = shifted / shifted.sum(-1, keepdims=True)
-  names = class_names(config)
+  names = trained.class_names(config)
   results = []
   for path, p in zip(paths, probabilities):
     best = np.argsort(-p, kind="stable")[:top_k]

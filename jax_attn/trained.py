@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jax_attn import augment, config as config_lib
+from jax_attn import augment, config as config_lib, data
 from jax_attn.errors import UserError
 
 _CHUNK = 32  # images per forward pass (SA-CNN attention weights are (HW)^2 floats per image)
@@ -111,3 +111,22 @@ def apply(run: TrainedRun, images: np.ndarray, *, flip: bool = False, shift: int
     logits.append(np.asarray(out))
   joined = [np.concatenate(chunks) for chunks in zip(*layers)] if layers else []
   return np.concatenate(logits), joined
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")  # the label order of tfds cifar10 and the official archive
+
+
+def class_names(config: Any) -> tuple[str, ...]:
+  """The run's class names as far as its data source still tells them (the class folders of an image-folder run if still there, CIFAR-10's names for cifar10 / archive runs, else "class N"; config.json does not store them)."""
+  settings, count = config.data, config.num_classes
+  if settings.image_folder:
+    split = data.parse_split(settings.train_split)[0] if settings.train_split else "train"
+    folder = Path(settings.image_folder) / split
+    names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir())) if folder.is_dir() else ()
+    if len(names) == count:  # the source numbers the sorted class folders 0, 1, ...
+      return names
+  elif not settings.synthetic and count == 10 and (
+      settings.cifar_archive or (settings.dataset or "cifar10") == "cifar10"):
+    return CIFAR10_CLASSES
+  return tuple(f"class {i}" for i in range(count))

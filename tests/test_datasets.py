@@ -220,3 +220,11 @@ def test_tfds_fails_fast_without_dns(monkeypatch, tmp_path):
   monkeypatch.setattr(tfds_source, "_can_resolve", lambda hosts: False)
   with pytest.raises(DataError, match="no network: cannot resolve .*--image_folder"):
     data.TfdsSource("cifar10", data_dir=str(tmp_path)).splits()
+
+
+def test_cifar_archive_missing_files_are_named(tmp_path):
+  folder = _write_archive(tmp_path, as_tar=False)
+  (folder / "data_batch_3").unlink()
+  with pytest.raises(DataError, match=r"has no split 'train': it has \['test'\] \(split 'train' "
+                                      r"needs the files data_batch_3, which are not in it"):
+    data.CifarArchiveSource(str(folder)).load("train")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_attn import augment, config as config_lib, predict, trained
+from jax_attn import augment, config as config_lib, trained
 
 from conftest import TINY, run_main
 
@@ -128,14 +128,14 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, tmp_path, case):
 
 
 def test_class_names_come_from_the_runs_data_source(tmp_path):
-  assert predict.class_names(config_lib.resolve("vit"))[:3] == ("airplane", "automobile", "bird")
+  assert trained.class_names(config_lib.resolve("vit"))[:3] == ("airplane", "automobile", "bird")
   for name in ("dog", "cat"):
     (tmp_path / "train" / name).mkdir(parents=True)
   folder = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path),
                                                 "num_classes": 2})
-  assert predict.class_names(folder) == ("cat", "dog")  # sorted, as the source numbers them
+  assert trained.class_names(folder) == ("cat", "dog")  # sorted, as the source numbers them
   moved = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path / "gone"),
                                                "num_classes": 2})
-  assert predict.class_names(moved) == ("class 0", "class 1")
+  assert trained.class_names(moved) == ("class 0", "class 1")
   synthetic = config_lib.resolve("vit", overrides={"data.synthetic": True})
-  assert predict.class_names(synthetic) == tuple(f"class {i}" for i in range(10))
+  assert trained.class_names(synthetic) == tuple(f"class {i}" for i in range(10))

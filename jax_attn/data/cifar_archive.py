@@ -55,6 +55,13 @@ class CifarArchiveSource(Source):
     except (tarfile.TarError, OSError) as e:
       raise DataError(f"cannot read {self.description}: {e}") from None
 
+  def _why_missing(self, name: str) -> str:
+    missing = [f for f in self._SPLIT_FILES.get(name, []) if f not in self._members]
+    if not missing:
+      return ""
+    return (f" (split {name!r} needs the files {', '.join(missing)}, which are not in it; it "
+            f"holds {', '.join(sorted(self._members)) or 'no CIFAR-10 batch file'})")
+
   def splits(self) -> tuple[str, ...]:
     return tuple(s for s, files in self._SPLIT_FILES.items() if all(f in self._members for f in files))
 

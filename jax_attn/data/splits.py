@@ -67,8 +67,13 @@ class Source:
   def load(self, spec: str) -> ArraySplit:
     name, _, _ = parse_split(spec)
     if name not in self.splits():
-      raise DataError(f"{self.description} has no split {name!r}: it has {list(self.splits())}")
+      raise DataError(f"{self.description} has no split {name!r}: it has {list(self.splits())}"
+                      f"{self._why_missing(name)}")
     return self._load(name, spec)
+
+  def _why_missing(self, name: str) -> str:
+    """Appended to the no-such-split error: what the source would need for ``name``."""
+    return ""
 
   def _load(self, name: str, spec: str) -> ArraySplit:
     raise NotImplementedError
