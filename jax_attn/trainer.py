@@ -183,7 +183,7 @@ class _Run:
       line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
       if "eval_accuracy_no_flip" in evaluation:
         record["eval_accuracy_no_flip"] = evaluation["eval_accuracy_no_flip"]
-      line += _flip_note(evaluation)
+      line += _tta_note(evaluation, self.config)
     self.writer.write_metrics(record)
     self.writer.log(line)
     self.sums = {k: 0.0 for k in self.sums}
@@ -262,16 +262,18 @@ class _Run:
         "python": platform.python_version(), "seed": config.seed}
     self.writer.write_json("summary.json", summary)
     self.writer.log(f"Accuracy on {self.eval_spec} ({evaluation['eval_count']} images): "
-                    f"{evaluation['eval_accuracy']:.2%}{_flip_note(evaluation)}; eval loss {evaluation['eval_loss']:.4f}; "
+                    f"{evaluation['eval_accuracy']:.2%}{_tta_note(evaluation, config)}; eval loss {evaluation['eval_loss']:.4f}; "
                     f"{self.num_params:,} parameters")
     return summary
 
 
-def _flip_note(evaluation: dict[str, float]) -> str:
-  """Says that the accuracy used flip test-time augmentation, with the plain figure."""
+def _tta_note(evaluation: dict[str, float], config: ml_collections.ConfigDict) -> str:
+  """Says that the accuracy used test-time augmentation (which views), with the plain figure."""
   if "eval_accuracy_no_flip" not in evaluation:
     return ""
-  return f" with flip test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
+  views = " and ".join((["flip"] if config.eval_flip else [])
+                       + ([f"+-{config.eval_translate} px"] if config.eval_translate else []))
+  return f" with {views} test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
