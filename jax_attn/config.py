@@ -19,8 +19,6 @@ from jax_attn import models
 from jax_attn.configs import MODEL_FILES, default
 from jax_attn.errors import UserError
 
-SETTINGS_BY_PATH = {s.path: s for s in default.SETTINGS}
-SETTINGS_BY_FLAG = {s.flag_name: s for s in default.SETTINGS if s.flag_name}
 # Settings that change the parameters' shapes or meaning: resuming across them is refused.
 ARCHITECTURE_KEYS = ("model_name", "model", "num_classes", "image_size")
 
@@ -38,10 +36,8 @@ def get_recipe(model: str, recipe: str = "seed") -> ml_collections.ConfigDict:
 
 def set_value(config: ml_collections.ConfigDict, path: str, value: Any, source: str = "") -> None:
   """``config.<path> = value`` with a one-line error naming ``source`` when the type is wrong."""
-  *groups, name = path.split(".")
-  parent = config
-  for group in groups:
-    parent = parent[group]
+  group, _, name = path.rpartition(".")
+  parent = get_value(config, group) if group else config
   try:
     parent[name] = value
   except (TypeError, ValueError, KeyError, AttributeError) as e:

@@ -15,8 +15,8 @@ ARGS = ["--model=sa_cnn", "--preset=tiny", "--synthetic", "--image_size=16", "--
         "--log_every_steps=20", "--augment_crop_padding=2", "--augment_flip"]
 
 
-def _command(workdir):
-  return [sys.executable, "-m", "jax_attn.main", *ARGS, f"--workdir={workdir}"]
+def _command(workdir, args=ARGS):
+  return [sys.executable, "-m", "jax_attn.main", *args, f"--workdir={workdir}"]
 
 
 def _final_params(workdir):

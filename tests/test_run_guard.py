@@ -3,28 +3,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from conftest import TINY
 
-ARGS = ["--model=sa_cnn", "--preset=tiny", "--synthetic", "--image_size=16", "--batch_size=16",
-        "--synthetic_size=2048", "--epochs=2", "--checkpoint_every_steps=1000",
-        "--log_every_steps=10", "--augment_crop_padding=2", "--augment_flip"]
+from test_resume import ARGS as RESUME_ARGS, _command as _resume_command, _final_params
+
+# The resume test's run, checkpointing only at epoch ends and logging every 10 steps.
+ARGS = [a for a in RESUME_ARGS if not a.startswith(("--checkpoint_every", "--log_every"))] + [
+    "--checkpoint_every_steps=1000", "--log_every_steps=10"]
 
 
-def _command(workdir, args=ARGS):
-  return [sys.executable, "-m", "jax_attn.main", *args, f"--workdir={workdir}"]
-
-
-def _final_state(workdir):
-  manager = ocp.CheckpointManager(workdir / "checkpoints")
-  step = manager.latest_step()
-  return step, jax.tree.leaves(manager.restore(step)["state"])
+def _command(workdir):
+  return _resume_command(workdir, ARGS)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_bit_identical(tmp_path):
@@ -49,8 +43,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_bit_identical(tmp_path):
   rerun = subprocess.run(_command(stopped), env=env, capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr
   assert f"resumed from the checkpoint at step {step}" in rerun.stdout
-  step_a, leaves_a = _final_state(straight)
-  step_b, leaves_b = _final_state(stopped)
+  step_a, leaves_a = _final_params(straight)
+  step_b, leaves_b = _final_params(stopped)
   assert step_a == step_b == 256
   for a, b in zip(leaves_a, leaves_b, strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
