@@ -18,9 +18,11 @@ from jax_attn.layers import Dense, QKVProjection, apply_dropout
 
 ScaleMode = Literal["inv_sqrt_dim", "inv_dim", "none"]
 SCALE_MODES = ("inv_sqrt_dim", "inv_dim", "none")
-AttentionImpl = Literal["einsum", "chunked", "fused"]
-ATTENTION_IMPLS = ("einsum", "chunked", "fused")
+AttentionImpl = Literal["einsum", "chunked", "fused", "flash"]
+ATTENTION_IMPLS = ("einsum", "chunked", "fused", "flash")
 CHUNK_BATCH = 1  # images per step of the "chunked" path (fastest measured on a 2-core CPU)
+FLASH_HEAD_DIM = 64  # the kernel's head dim when SAGAN's value (C channels) is split into heads
+FLASH_BLOCK = 128    # query/key block of the flash kernel's forward pass
 
 
 def attention_scale(mode: str, head_dim: int) -> float:
@@ -81,21 +83,67 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, sca
   return jax.lax.map(core, (query, key, value), batch_size=chunk or CHUNK_BATCH)
 
 
+def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
+                    interpret: bool | None = None) -> jax.Array:
+  """The einsum core's output without the ``[q_len, kv_len]`` scores in memory, forward and
+  backward: JAX's own Pallas flash-attention kernel (``jax.experimental.pallas.ops.gpu.
+  attention.mha``, Triton, with its custom VJP), or its interpreter (``interpret``, the default
+  off GPUs: slow, for tests).
+
+  The kernel wants one head dim for q, k and v and lengths that are multiples of its blocks.
+  Both adaptations are exact: a value wider than the keys (SAGAN: C against C/8) is split
+  into heads of ``FLASH_HEAD_DIM`` channels that share the (zero-padded, so unchanged) query
+  and key; a length that is not a multiple of the block is padded with keys in a segment of
+  their own, which no real query attends to.
+  """
+  if interpret is None:
+    interpret = jax.default_backend() != "gpu"
+  from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
+  *lead, length, heads, qk_dim = query.shape
+  value_dim = value.shape[-1]
+  flat = lambda x: x.reshape((-1,) + x.shape[-3:])  # noqa: E731
+  query, key, value = flat(query), flat(key), flat(value)
+  head_dim = max(qk_dim, min(value_dim, FLASH_HEAD_DIM))
+  groups = -(-value_dim // head_dim)  # value heads per query/key head
+  pad_last = lambda x, n: jnp.pad(x, [(0, 0)] * 3 + [(0, n - x.shape[-1])])  # noqa: E731
+  query, key = pad_last(query, head_dim), pad_last(key, head_dim)
+  value = pad_last(value, groups * head_dim).reshape(value.shape[:2] + (heads * groups, head_dim))
+  query, key = (jnp.repeat(x, groups, axis=2) for x in (query, key))
+  block = min(FLASH_BLOCK, max(16, 1 << (length - 1).bit_length()))
+  padded = -(-length // block) * block
+  segments = None
+  if padded != length:
+    pad_len = lambda x: jnp.pad(x, [(0, 0), (0, padded - length), (0, 0), (0, 0)])  # noqa: E731
+    query, key, value = pad_len(query), pad_len(key), pad_len(value)
+    segments = jnp.broadcast_to((jnp.arange(padded) < length).astype(jnp.int32),
+                                (query.shape[0], padded))
+  small = min(block, 32)
+  blocks = pallas_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=small,
+                                       block_kv_dkv=small, block_q_dq=small, block_kv_dq=small)
+  out = pallas_attention.mha(query, key, value, segments, sm_scale=scale, block_sizes=blocks,
+                             interpret=interpret)
+  out = out[:, :length].reshape(out.shape[:1] + (length, heads, groups * head_dim))
+  return out[..., :value_dim].reshape(tuple(lead) + (length, heads, value_dim))
+
+
 def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
            impl: str = "einsum", dropout_rate: float = 0.0,
            dropout_rng: jax.Array | None = None, batch_axis: str | None = None
            ) -> tuple[jax.Array, jax.Array | None]:
-  """Dispatches to the einsum core (the reference), its chunked form, or
-  ``jax.nn.dot_product_attention``.
+  """Dispatches to the einsum core (the reference), its chunked form,
+  ``jax.nn.dot_product_attention`` (fused) or the Pallas flash kernel (flash; on GPUs only:
+  elsewhere flash means the chunked form, as its interpreter is far slower).
 
-  The chunked and fused paths return no weights (nothing is sown) and are used only
+  The chunked, fused and flash paths return no weights (nothing is sown) and are used only
   without attention dropout; for the fused path a value wider than the keys (SAGAN)
   gets zero-padded q/k, which leaves every score unchanged.
   """
   if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
     return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,
                             dropout_rng=dropout_rng, batch_axis=batch_axis)
-  if impl == "chunked":
+  if impl == "flash" and jax.default_backend() == "gpu":
+    return flash_attention(query, key, value, scale=scale), None
+  if impl in ("chunked", "flash"):
     return chunked_attention(query, key, value, scale=scale), None
   if impl != "fused":
     raise ValueError(f"attention_impl {impl!r} is unknown: use one of {ATTENTION_IMPLS}")

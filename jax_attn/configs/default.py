@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=DTYPES),
     Setting("attention_impl", "einsum", "einsum = the explicit reference core; chunked = the same "
             "core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = "
-            "jax.nn.dot_product_attention. chunked/fused sow no weights.", choices=ATTENTION_IMPLS),
+            "jax.nn.dot_product_attention; flash = JAX's Pallas flash-attention kernel on GPUs (no "
+            "N x N scores in memory; chunked elsewhere). chunked/fused/flash sow no weights.", choices=ATTENTION_IMPLS),
     Setting("cpu_kernels", "ynnpack", "On a CPU backend: ynnpack hands dots/convolutions to XLA's "
             "YNNPACK library; xla uses XLA's own kernels.", choices=CPU_KERNELS),
     Setting("max_steps", None, "Stop after this many steps (smoke runs).", kind=int),
