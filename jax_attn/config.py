@@ -164,6 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"--checkpoint_every_steps={c.checkpoint_every_steps} must be >= 1"),
       (c.keep_checkpoints >= 1, f"--keep_checkpoints={c.keep_checkpoints} must be at least 1"),
       (c.log_every_steps >= 1, f"--log_every_steps={c.log_every_steps} must be >= 1"),
+      (c.steps_per_call >= 1, f"--steps_per_call={c.steps_per_call} must be >= 1"),
       (c.augment.crop_padding >= 0 and c.augment.cutout >= 0,
        "--augment_crop_padding and --augment_cutout must be >= 0"),
       (c.data.synthetic_size >= 1, f"--synthetic_size={c.data.synthetic_size} must be >= 1"),

@@ -32,7 +32,7 @@ def steps_per_epoch(size: int, global_batch: int) -> int:
   return size // global_batch
 
 
-def _process_slice(global_batch: int) -> slice:
+def process_slice(global_batch: int) -> slice:
   per_process = global_batch // jax.process_count()
   start = jax.process_index() * per_process
   return slice(start, start + per_process)
@@ -47,7 +47,7 @@ def train_batches(split: ArraySplit, *, seed: int, epoch: int, global_batch: int
   keys derive from it, so they do not depend on the device layout.
   """
   order = epoch_order(seed, epoch, len(split))
-  mine = _process_slice(global_batch)
+  mine = process_slice(global_batch)
   positions = np.arange(global_batch, dtype=np.int32)[mine]
   for step in range(first_step, steps_per_epoch(len(split), global_batch)):
     index = order[step * global_batch:(step + 1) * global_batch][mine]
@@ -55,15 +55,21 @@ def train_batches(split: ArraySplit, *, seed: int, epoch: int, global_batch: int
            "index": index.astype(np.int32)}
 
 
-def eval_batches(split: ArraySplit, global_batch: int) -> Iterator[Batch]:
-  """Every example exactly once, in order; the last batch is padded and masked."""
-  mine = _process_slice(global_batch)
-  for start in range(0, len(split), global_batch):
+def eval_indices(size: int, global_batch: int) -> Iterator[tuple[np.ndarray, ...]]:
+  """``(index, position, mask)`` of this process's slice of each eval batch: every example
+  exactly once, in order; the last batch is padded (with example 0) and masked."""
+  mine = process_slice(global_batch)
+  for start in range(0, size, global_batch):
     index = np.arange(start, start + global_batch)[mine]
-    valid = index < len(split)
-    index = np.where(valid, index, 0)
-    yield {"image": split.images[index], "label": split.labels[index],
-           "position": np.arange(global_batch, dtype=np.int32)[mine], "mask": valid}
+    valid = index < size
+    yield np.where(valid, index, 0), np.arange(global_batch, dtype=np.int32)[mine], valid
+
+
+def eval_batches(split: ArraySplit, global_batch: int) -> Iterator[Batch]:
+  """The batches of ``eval_indices``."""
+  for index, position, mask in eval_indices(len(split), global_batch):
+    yield {"image": split.images[index], "label": split.labels[index], "position": position,
+           "mask": mask}
 
 
 def prefetch(batches: Iterable[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:

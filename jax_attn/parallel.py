@@ -69,10 +69,12 @@ class Parallel:
     """Examples this process feeds per step (its contiguous slice of the global batch)."""
     return self.global_batch // (1 if self.mode == "none" else jax.process_count())
 
-  def wrap(self, body: StepBody, donate_state: bool) -> Callable[[Any, Any], Any]:
+  def wrap(self, body: StepBody, donate_state: bool, replicated: int = 1) -> Callable[..., Any]:
     """The same body as a jitted single-device, pmapped or shard_mapped function.
 
-    ``jax.pmap`` takes no compiler options, so pmap always uses XLA's own kernels.
+    Its first ``replicated`` arguments (the state; data resident on every device) are laid out
+    by ``replicate``, the last one (the batch) by ``put_batch``. ``jax.pmap`` takes no
+    compiler options, so pmap always uses XLA's own kernels.
     """
     donate = (0,) if donate_state else ()
     jit = functools.partial(jax.jit, donate_argnums=donate, compiler_options=self.compiler_options)
@@ -83,7 +85,8 @@ class Parallel:
       return jax.pmap(per_device, axis_name=AXIS, donate_argnums=donate)
     # check_vma=False keeps pmap's semantics: gradients of replicated params are per-device
     # and the body averages them itself (with it on, autodiff would already sum them).
-    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+    mapped = jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(),) * replicated + (P(AXIS),),
+                           out_specs=P(),
                            check_vma=False)
     return jit(mapped)
 

@@ -165,6 +165,11 @@ def evaluate(eval_step: Callable, state: Any, split: data.ArraySplit, parallel: 
   for sums in parallel.to_host(outputs):
     for k, v in sums.items():
       totals[k] = totals.get(k, 0) + v.item()
+  return eval_result(totals)
+
+
+def eval_result(totals: dict[str, float]) -> dict[str, float]:
+  """The eval step's summed ``loss_sum``/``correct``/``count`` as loss and accuracy."""
   count = totals["count"]
   result = {"eval_loss": totals["loss_sum"] / count, "eval_accuracy": totals["correct"] / count,
             "eval_count": count}

@@ -12,14 +12,14 @@ import ml_collections
 import numpy as np
 
 from jax_attn import config as config_lib
-from jax_attn import (augment, checkpoint, data, input_pipeline, models, optim, run_guard,
-                      whitening)
+from jax_attn import (augment, checkpoint, data, input_pipeline, models, on_device, optim,
+                      run_guard, whitening)
 from jax_attn.errors import UserError
 from jax_attn.metrics import MetricsWriter
 from jax_attn import parallel as parallel_lib
 from jax_attn.parallel import Parallel
-from jax_attn.train import (Lookahead, create_state, evaluate, make_eval_body, make_train_body,
-                            with_params)
+from jax_attn.train import (Lookahead, create_state, eval_result, evaluate, make_eval_body,
+                            make_train_body, with_params)
 
 
 class NonFiniteLossError(UserError):
@@ -67,12 +67,16 @@ class _Run:
     self.num_params = models.count_params(self.host_state.params)
     lookahead = (Lookahead(config.lookahead_every_steps, config.lookahead_decay, full_run)
                  if config.lookahead_every_steps else None)
-    self.train_step = self.parallel.wrap(
-        make_train_body(self.model, tx, config.augment, config.label_smoothing,
-                        self.steps_per_epoch, lookahead), donate_state=True)
-    self.eval_step = self.parallel.wrap(
-        make_eval_body(self.model, config.augment, config.eval_flip, config.eval_translate),
-        donate_state=False)
+    train_body = make_train_body(self.model, tx, config.augment, config.label_smoothing,
+                                 self.steps_per_epoch, lookahead)
+    eval_body = make_eval_body(self.model, config.augment, config.eval_flip, config.eval_translate)
+    self.train_step = self.parallel.wrap(train_body, donate_state=True)
+    self.eval_step = self.parallel.wrap(eval_body, donate_state=False)
+    if config.steps_per_call > 1:  # the splits go on the devices in run()
+      self.train_call = self.parallel.wrap(on_device.scan_train(train_body), donate_state=True,
+                                           replicated=2)
+      self.eval_call = self.parallel.wrap(on_device.scan_eval(eval_body), donate_state=False,
+                                          replicated=2)
     self.checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                                 self.writer.log)
     self.sums = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
@@ -139,8 +143,17 @@ class _Run:
     """Fetches the pending step metrics (one host sync), checks them, logs one record."""
     if not pending:
       return
-    values = self.parallel.to_host([m for _, m in pending])
-    for (step, _), metrics in zip(pending, values):
+    values, steps = [], []
+    for (step, metrics) in zip([s for s, _ in pending],
+                               self.parallel.to_host([m for _, m in pending])):
+      if np.ndim(metrics["loss"]) == 0:
+        values.append(metrics)
+        steps.append(step)
+        continue
+      count = int(metrics.pop("steps"))  # a call's metrics: one row per step it ran
+      values += [{k: v[i] for k, v in metrics.items()} for i in range(count)]
+      steps += range(step - count + 1, step + 1)
+    for step, metrics in zip(steps, values):
       if not np.isfinite(metrics["loss"]):
         raise NonFiniteLossError(
             f"the training loss became {float(metrics['loss'])} at step {step}: stopping; the last "
@@ -178,7 +191,7 @@ class _Run:
     evaluation = None
     line = f"Loss: {loss:.4f}, Epoch [{epoch + 1}]"
     if last or (epoch + 1) % self.config.eval_every_epochs == 0:
-      evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
+      evaluation = self._evaluate(state)
       record.update(eval_loss=evaluation["eval_loss"], eval_accuracy=evaluation["eval_accuracy"])
       line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
       if "eval_accuracy_no_flip" in evaluation:
@@ -189,7 +202,39 @@ class _Run:
     self.sums = {k: 0.0 for k in self.sums}
     return evaluation
 
+  def _evaluate(self, state: Any) -> dict[str, float]:
+    if self.config.steps_per_call == 1:
+      return evaluate(self.eval_step, state, self.eval_split, self.parallel)
+    if not hasattr(self, "eval_block"):
+      self.eval_data = on_device.resident(self.eval_split, self.parallel)
+      self.eval_block = self.parallel.put_batch(
+          on_device.eval_block(len(self.eval_split), self.parallel.global_batch))
+    sums = self.parallel.to_host(self.eval_call(state, self.eval_data, self.eval_block))
+    return eval_result({k: v.item() for k, v in sums.items()})
+
   # ---------------------------------------------------------------- the loop
+  def _calls(self, epoch: int, first: int) -> Any:
+    """``(steps, function, arguments after the state)`` of each dispatch of ``epoch`` from
+    its step ``first``: one step per batch, or ``--steps_per_call`` steps on resident data."""
+    config = self.config
+    if config.steps_per_call == 1:
+      batches = input_pipeline.train_batches(
+          self.train_split, seed=config.seed, epoch=epoch, global_batch=config.batch_size,
+          first_step=first)
+      return ((1, self.train_step, (batch,))
+              for batch in input_pipeline.prefetch(batches, self.parallel.put_batch))
+    if not hasattr(self, "train_data"):
+      self.train_data = on_device.resident(self.train_split, self.parallel)
+    ends = lambda step: on_device.call_end(  # noqa: E731
+        step, steps_per_call=config.steps_per_call, steps_per_epoch=self.steps_per_epoch,
+        end_step=self.end_step, every=(config.log_every_steps, config.checkpoint_every_steps))
+    blocks = on_device.train_blocks(len(self.train_split), seed=config.seed, epoch=epoch,
+                                    global_batch=config.batch_size, first_step=first,
+                                    steps_per_call=config.steps_per_call, ends=ends)
+    put = lambda item: (item[0], self.parallel.put_batch(item[1]))  # noqa: E731
+    return ((steps, self.train_call, (self.train_data, block))
+            for steps, block in input_pipeline.prefetch(blocks, put))
+
   def run(self) -> dict[str, Any]:
     config = self.config
     self._restore()
@@ -209,12 +254,9 @@ class _Run:
           epoch, first = divmod(step, self.steps_per_epoch)
           pending: list[tuple[int, Any]] = []
           interval_start = time.perf_counter()
-          batches = input_pipeline.prefetch(input_pipeline.train_batches(
-              self.train_split, seed=config.seed, epoch=epoch, global_batch=config.batch_size,
-              first_step=first), self.parallel.put_batch)
-          for batch in batches:
-            state, metrics = self.train_step(state, batch)
-            step += 1
+          for steps, function, arguments in self._calls(epoch, first):
+            state, metrics = function(state, *arguments)
+            step += steps
             pending.append((step, metrics))
             epoch_done = step % self.steps_per_epoch == 0
             save_now = step % config.checkpoint_every_steps == 0
@@ -241,7 +283,7 @@ class _Run:
         self.writer.close()
         self.checkpointer.close()
     if evaluation is None:
-      evaluation = evaluate(self.eval_step, state, self.eval_split, self.parallel)
+      evaluation = self._evaluate(state)
     return self._summary(evaluation, step)
 
   def _summary(self, evaluation: dict[str, float], step: int) -> dict[str, Any]:
