@@ -1,10 +1,13 @@
 """Benchmark: step time, throughput, FLOPs and memory; optionally raced against PyTorch.
 
-    python -m jax_attn.bench --models=sa_cnn,vit [--against=torch] [--e2e_examples=2048] [--json]
+    python -m jax_attn.bench --models=sa_cnn,vit [--against=torch,torch_compile]
+        [--steps_per_call=K] [--e2e_examples=2048] [--json]
 
 JAX and PyTorch steps are timed alternately in the same run; the headline is the
 speed-up ``torch step time / jax step time`` (absolute times are noise on shared
-machines). FLOPs come from XLA's cost analysis of the compiled train step.
+machines), against eager PyTorch (the notebook) and ``torch.compile`` of the same model.
+FLOPs come from XLA's cost analysis of one compiled train step of the einsum model (XLA
+counts a loop body once and does not see inside kernels it calls).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jax_attn import data, input_pipeline, models, optim
+from jax_attn import data, input_pipeline, models, on_device, optim
 from jax_attn import config as config_lib
 from jax_attn.attention import ATTENTION_IMPLS
 from jax_attn.parallel import CPU_KERNELS, Parallel
@@ -34,7 +37,15 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX com
 _IMPL = flags.DEFINE_enum("attention_impl", "einsum", list(ATTENTION_IMPLS), "JAX attention path.")
 _PARALLEL = flags.DEFINE_enum("parallel", "none", ["none", "pmap", "shard_map"], "JAX data parallelism.")
 _CPU_KERNELS = flags.DEFINE_enum("cpu_kernels", "ynnpack", list(CPU_KERNELS), "XLA:CPU dot/conv kernels (CPU backend only).")
-_AGAINST = flags.DEFINE_enum("against", None, ["torch"], "Also time the PyTorch reference.")
+RIVALS = ("torch", "torch_compile")
+_AGAINST = flags.DEFINE_list(
+    "against", [], "Also time the PyTorch reference: eager (torch, as the notebook runs it) "
+    "and/or torch.compile of it (torch_compile), e.g. --against=torch,torch_compile.")
+flags.register_validator("against", lambda names: set(names) <= set(RIVALS),
+                         f"--against takes a list of {', '.join(RIVALS)}")
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    "steps_per_call", 1, "K > 1: time K train steps per dispatch on device-resident data "
+    "(the trainer's --steps_per_call); reported per step.")
 _E2E = flags.DEFINE_integer("e2e_examples", 0, "Also time one epoch of this many synthetic examples with data loading (0 = off).")
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
 
@@ -69,9 +80,21 @@ class JaxSide:
     start = time.perf_counter()
     self.train = train.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
+    self.steps_per_call = _STEPS_PER_CALL.value
+    if self.steps_per_call > 1:  # the same batch K times per call, as K=1 repeats it
+      columns = lambda x: np.repeat(x[:, None], self.steps_per_call, 1)  # noqa: E731
+      self.block = self.parallel.put_batch({
+          "index": columns(host_batch["index"]), "position": columns(host_batch["position"]),
+          "valid": np.ones((_BATCH.value, self.steps_per_call), bool)})
+      self.data = on_device.resident(self.split, self.parallel)
+      call = self.parallel.wrap(on_device.scan_train(make_train_body(self.model, tx, aug, 0.0)),
+                                donate_state=True, replicated=2)
+      start = time.perf_counter()
+      self.train_call = call.lower(self.state, self.data, self.block).compile()
+      self.compile_s = time.perf_counter() - start
     self.eval = evaluate.lower(self.state, self.eval_batch).compile()
     counted = self.train
-    if _IMPL.value == "chunked":  # XLA counts a loop body once: count the einsum model's FLOPs
+    if _IMPL.value != "einsum":  # kernels and loop bodies hide FLOPs: count the einsum model's
       einsum_model = self.model.clone(attention_impl="einsum")
       counted = self.parallel.wrap(make_train_body(einsum_model, tx, aug, 0.0), donate_state=False
                                    ).lower(self.state, self.batch).compile()
@@ -82,7 +105,15 @@ class JaxSide:
     self.flops_per_image = flops * (1 if self.parallel.mode == "none" else self.parallel.num_devices) / _BATCH.value
 
   def train_steps(self, n: int) -> list[float]:
+    """Seconds per step of ``n`` steps (with K > 1: of each call, divided by K)."""
     times = []
+    if self.steps_per_call > 1:
+      for _ in range(max(1, n // self.steps_per_call)):
+        start = time.perf_counter()
+        self.state, metrics = self.train_call(self.state, self.data, self.block)
+        jax.block_until_ready(metrics)
+        times += [(time.perf_counter() - start) / self.steps_per_call] * self.steps_per_call
+      return times
     for _ in range(n):
       start = time.perf_counter()
       self.state, metrics = self.train(self.state, self.batch)
@@ -115,29 +146,42 @@ class JaxSide:
     return stats.get("peak_bytes_in_use")
 
 
-def _alternate(jax_fn: Callable[[int], list[float]], torch_fn: Callable[[int], list[float]] | None
-               ) -> tuple[list[float], list[float]]:
+def _alternate(timers: dict[str, Callable[[int], list[float]]]) -> dict[str, list[float]]:
+  """Each timer's step times, the timers taking turns in every round (after a warm-up)."""
   per_round = max(1, _STEPS.value // _ROUNDS.value)
-  jax_fn(2)  # warm-up
-  if torch_fn:
-    torch_fn(2)
-  jax_times, torch_times = [], []
+  for timer in timers.values():
+    timer(2)
+  times: dict[str, list[float]] = {name: [] for name in timers}
   for _ in range(_ROUNDS.value):
-    jax_times += jax_fn(per_round)
-    if torch_fn:
-      torch_times += torch_fn(per_round)
-  return jax_times, torch_times
+    for name, timer in timers.items():
+      times[name] += timer(per_round)
+  return times
+
+
+def _rivals(name: str, split: data.ArraySplit) -> tuple[dict[str, Any], dict[str, str]]:
+  """The ``--against`` PyTorch sides that compile and run a step; errors of the others."""
+  if not _AGAINST.value:
+    return {}, {}
+  from jax_attn import torch_bench  # pylint: disable=g-import-not-at-top
+  rivals, errors = {}, {}
+  for rival in _AGAINST.value:
+    side = torch_bench.TorchSide(name, _BATCH.value, _IMAGE.value, split,
+                                 compiled=rival == "torch_compile")
+    try:
+      side.train_steps(1), side.eval_steps(1)  # torch.compile compiles here
+    except Exception as e:  # pylint: disable=broad-except
+      errors[f"{rival}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      continue
+    rivals[rival] = side
+  return rivals, errors
 
 
 def bench_model(name: str) -> dict[str, Any]:
   side = JaxSide(name)
-  torch_side = None
-  if _AGAINST.value == "torch":
-    from jax_attn import torch_bench  # pylint: disable=g-import-not-at-top
-    torch_side = torch_bench.TorchSide(name, _BATCH.value, _IMAGE.value, side.split)
-  train_jax, train_torch = _alternate(side.train_steps, torch_side and torch_side.train_steps)
-  eval_jax, eval_torch = _alternate(side.eval_steps, torch_side and torch_side.eval_steps)
-  step = statistics.median(train_jax)
+  rivals, errors = _rivals(name, side.split)
+  train = _alternate({"jax": side.train_steps, **{r: s.train_steps for r, s in rivals.items()}})
+  evals = _alternate({"jax": side.eval_steps, **{r: s.eval_steps for r, s in rivals.items()}})
+  step = statistics.median(train["jax"])
   kind = jax.devices()[0].device_kind
   achieved = side.flops_per_image * _BATCH.value / step
   peak = _peak(kind) if _DTYPE.value == "bfloat16" else None
@@ -145,23 +189,26 @@ def bench_model(name: str) -> dict[str, Any]:
       "model": name, "preset": _PRESET.value, "params": side.params, "batch_size": _BATCH.value,
       "image_size": _IMAGE.value, "dtype": _DTYPE.value, "attention_impl": _IMPL.value,
       "cpu_kernels": _CPU_KERNELS.value if jax.default_backend() == "cpu" else None,
-      "parallel": _PARALLEL.value, "backend": jax.default_backend(), "device_kind": kind,
+      "parallel": _PARALLEL.value, "steps_per_call": _STEPS_PER_CALL.value,
+      "backend": jax.default_backend(), "device_kind": kind,
       "devices": side.parallel.num_devices, "compile_s": side.compile_s,
       "train_step_ms": step * 1e3, "train_images_per_sec": _BATCH.value / step,
-      "eval_images_per_sec": _BATCH.value / statistics.median(eval_jax),
+      "eval_images_per_sec": _BATCH.value / statistics.median(evals["jax"]),
       "gflops_per_image": side.flops_per_image / 1e9, "achieved_tflops": achieved / 1e12,
       "mfu": achieved / peak if peak else None, "peak_memory_bytes": side.peak_memory(),
   }
-  if torch_side:
-    torch_step = statistics.median(train_torch)
-    result.update(torch_device=str(torch_side.device), torch_train_step_ms=torch_step * 1e3,
-                  torch_eval_images_per_sec=_BATCH.value / statistics.median(eval_torch),
-                  speedup_train=torch_step / step,
-                  speedup_eval=statistics.median(eval_torch) / statistics.median(eval_jax))
+  result.update(errors)
+  for rival, torch_side in rivals.items():  # keys: torch_* / speedup_*, torch_compile_* / ..._compile
+    rival_step, suffix = statistics.median(train[rival]), "_compile" if rival != "torch" else ""
+    result.update({
+        "torch_device": str(torch_side.device), f"{rival}_train_step_ms": rival_step * 1e3,
+        f"{rival}_eval_images_per_sec": _BATCH.value / statistics.median(evals[rival]),
+        f"speedup_train{suffix}": rival_step / step,
+        f"speedup_eval{suffix}": statistics.median(evals[rival]) / statistics.median(evals["jax"])})
   if _E2E.value:
     result["e2e_epoch_s"] = side.epoch()
-    if torch_side:
-      result["torch_e2e_epoch_s"] = torch_side.epoch(_E2E.value)
+    if "torch" in rivals:
+      result["torch_e2e_epoch_s"] = rivals["torch"].epoch(_E2E.value)
       result["speedup_e2e"] = result["torch_e2e_epoch_s"] / result["e2e_epoch_s"]
   return result
 
@@ -172,6 +219,8 @@ def _table(results: list[dict[str, Any]]) -> str:
              ("gflops_per_image", "{:.3f}"), ("achieved_tflops", "{:.3f}"), ("mfu", "{:.1%}"),
              ("peak_memory_bytes", "{:,}"), ("torch_device", "{}"), ("torch_train_step_ms", "{:.1f}"),
              ("speedup_train", "{:.2f}x"), ("speedup_eval", "{:.2f}x"),
+             ("torch_compile_train_step_ms", "{:.1f}"), ("speedup_train_compile", "{:.2f}x"),
+             ("speedup_eval_compile", "{:.2f}x"),
              ("e2e_epoch_s", "{:.2f}"), ("torch_e2e_epoch_s", "{:.2f}"), ("speedup_e2e", "{:.2f}x")]
   columns = [(k, f) for k, f in columns if any(r.get(k) is not None for r in results)]
   rows = [[k for k, _ in columns]] + [
@@ -191,6 +240,10 @@ def main(argv: list[str]) -> None:
         f"{first['devices']} x {first['device_kind']} ({first['backend']}), jax {jax.__version__}; "
         f"speedup = torch time / jax time, same run")
   print(_table(results))
+  for r in results:
+    for key in ("torch_error", "torch_compile_error"):
+      if key in r:
+        print(f"{r['model']}: {key.removesuffix('_error')} left out of the race: {r[key]}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The PyTorch side of the benchmark race: the notebook's loop, eager mode."""
+"""The PyTorch side of the benchmark race: the notebook's loop, eager (as the notebook runs it)
+or through ``torch.compile``."""
 from __future__ import annotations
 
 import time
@@ -33,11 +34,14 @@ class TorchSide:
   sync (``loss.item()``, the predictions copied back), as the notebook's loop does.
   """
 
-  def __init__(self, name: str, batch_size: int, image_size: int, split: ArraySplit):
+  def __init__(self, name: str, batch_size: int, image_size: int, split: ArraySplit,
+               compiled: bool = False):
     torch.manual_seed(0)
     self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = TorchSACNN() if name == "sa_cnn" else TorchViT(image=image_size)
     self.model = model.to(self.device)
+    # torch.compile with static shapes (inductor): what a PyTorch user would race against
+    self.forward = torch.compile(self.model, dynamic=False) if compiled else self.model
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
     self.loss = torch.nn.CrossEntropyLoss()
     self.split, self.batch_size = split, batch_size
@@ -48,7 +52,7 @@ class TorchSide:
   def _train_step(self, images, labels) -> None:
     self.model.train()
     self.optimizer.zero_grad()
-    loss = self.loss(self.model(images), labels)
+    loss = self.loss(self.forward(images), labels)
     loss.backward()
     self.optimizer.step()
     loss.item()  # the notebook's running_loss sync
@@ -67,7 +71,7 @@ class TorchSide:
     with torch.no_grad():
       for _ in range(n):
         start = time.perf_counter()
-        self.model(self.images).argmax(1).cpu()
+        self.forward(self.images).argmax(1).cpu()
         times.append(time.perf_counter() - start)
     return times
 

@@ -30,3 +30,33 @@ def test_table_names_the_torch_device():
   assert "3.00x" in lines[1].split()
   assert "mfu" not in lines[0]  # columns no result has are left out
   np.testing.assert_equal(len(lines), 2)
+
+
+def test_bench_races_eager_and_compiled_torch_with_steps_per_call():
+  """The whole benchmark on a tiny model: JAX side (K=2 steps per call), FLOP count, and the
+  ratios against eager PyTorch and torch.compile, measured in the same run."""
+  import json
+  import os
+  import subprocess
+  import sys
+  result = subprocess.run(
+      [sys.executable, "-m", "jax_attn.bench", "--models=sa_cnn", "--preset=tiny",
+       "--image_size=16", "--batch_size=4", "--steps=2", "--rounds=1", "--steps_per_call=2",
+       "--against=torch,torch_compile", "--json"],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  (row,) = json.loads(result.stdout[result.stdout.index("["):])
+  assert row["steps_per_call"] == 2 and row["gflops_per_image"] > 0
+  assert "torch_compile_error" not in row, row
+  for suffix, rival in (("", "torch"), ("_compile", "torch_compile")):
+    expected = row[f"{rival}_train_step_ms"] / row["train_step_ms"]
+    assert row[f"speedup_train{suffix}"] == pytest.approx(expected)
+
+
+def test_bench_refuses_an_unknown_rival():
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "jax_attn.bench", "--against=tensorflow"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--against takes a list of torch, torch_compile" in result.stderr
