@@ -60,3 +60,31 @@ def test_bench_refuses_an_unknown_rival():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "--against takes a list of torch, torch_compile" in result.stderr
+
+
+def test_profile_table_sums_device_kernels_by_kind(tmp_path):
+  """A GPU-shaped Perfetto trace: only the device's kernels count, grouped by kind."""
+  import gzip
+  import json
+  from jax_attn import profile_table
+  events = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+      {"ph": "X", "pid": 1, "name": "PjitFunction(jit(body))", "dur": 9000.0},
+      {"ph": "X", "pid": 2, "name": "sm90_xmma_gemm_bf16", "dur": 3000.0},
+      {"ph": "X", "pid": 2, "name": "cudnn_conv_fprop", "dur": 1500.0},
+      {"ph": "X", "pid": 2, "name": "cudnn_conv_fprop", "dur": 1500.0},
+      {"ph": "X", "pid": 2, "name": "loop_multiply_fusion", "dur": 4000.0}]
+  times = profile_table.kernel_times({"traceEvents": events})
+  assert times == {"sm90_xmma_gemm_bf16": 3000.0, "cudnn_conv_fprop": 3000.0,
+                   "loop_multiply_fusion": 4000.0}
+  text = profile_table.table(times, steps=2)
+  assert "| fused elementwise | 2.000 | 40.0% |" in text
+  assert "| convolution | 1.500 | 30.0% |" in text and "| matmul | 1.500 | 30.0% |" in text
+  assert "| **total** | **5.000** | 100% |" in text
+  trace_dir = tmp_path / "sa_cnn" / "plugins" / "profile" / "run"
+  trace_dir.mkdir(parents=True)
+  with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  assert profile_table.main(["profile_table", str(tmp_path), "--steps=2"]) == 0
+  assert profile_table.main(["profile_table", str(tmp_path / "sa_cnn" / "plugins" / "profile" / "run" / "x")]) == 2
