@@ -1,9 +1,11 @@
 """Real separate processes joined by jax.distributed (gloo on CPU), through launch.sh."""
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,10 +24,10 @@ ARGS = ["--model=vit", "--preset=tiny", "--synthetic", "--image_size=8", "--batc
 ENV = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
 
 
-def _params(workdir):
+def _params(workdir, step=10):
   manager = ocp.CheckpointManager(workdir / "checkpoints")
-  assert manager.latest_step() == 10
-  return jax.tree.leaves(manager.restore(10)["state"]["params"])
+  assert manager.latest_step() == step
+  return jax.tree.leaves(manager.restore(step)["state"]["params"])
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
@@ -55,31 +57,87 @@ def _alive(pid):
   return True
 
 
+class _Launch:
+  """``launch.sh`` with its output read by a thread, so every wait has a deadline: a hung
+  launch fails its test instead of stalling the suite."""
+
+  def __init__(self, args):
+    self.process = subprocess.Popen([LAUNCH, "--num_processes=2", "--", *args], env=ENV,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    self.lines: queue.Queue = queue.Queue()
+    self.seen: list[str] = []
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self):
+    for line in self.process.stdout:
+      self.lines.put(line)
+    self.lines.put(None)
+
+  def wait_for(self, prefix, seconds=300):
+    """Worker pids, once a line starting with ``prefix`` has appeared."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+      try:
+        line = self.lines.get(timeout=max(deadline - time.time(), 0.01))
+      except queue.Empty:
+        break
+      if line is None:
+        break
+      self.seen.append(line)
+      if line.startswith(prefix):
+        return {int(m[1]): int(m[2]) for m in
+                (re.match(r"\[launch\] process (\d): pid (\d+)", l) for l in self.seen) if m}
+    self.process.kill()
+    pytest.fail(f"no line starting with {prefix!r} within {seconds} s:\n{''.join(self.seen)[-3000:]}")
+
+  def finish(self, seconds=120):
+    """The launch's exit code and the rest of its output, within ``seconds``."""
+    try:
+      self.process.wait(timeout=seconds)
+    finally:
+      self.process.kill()
+    rest = []
+    while (line := self.lines.get(timeout=10)) is not None:
+      rest.append(line)
+    return self.process.returncode, "".join(rest)
+
+
 def test_killed_worker_stops_the_launch(tmp_path):
   args = [a for a in ARGS if not a.startswith("--max_steps")]
-  launcher = subprocess.Popen(
-      [LAUNCH, "--num_processes=2", "--", *args, "--epochs=1000", "--num_cpu_devices=2",
-       "--parallel=pmap", f"--workdir={tmp_path}"], env=ENV, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
-  pids, lines = {}, []
-  for line in launcher.stdout:
-    lines.append(line)
-    match = re.match(r"\[launch\] process (\d): pid (\d+)", line)
-    if match:
-      pids[int(match[1])] = int(match[2])
-    if line.startswith("[p0] step"):  # training is under way in both processes
-      break
+  launch = _Launch([*args, "--epochs=1000", "--num_cpu_devices=2", "--parallel=pmap",
+                    f"--workdir={tmp_path}"])
+  pids = launch.wait_for("[p0] step")  # training is under way in both processes
   os.kill(pids[1], signal.SIGKILL)
   start = time.time()
-  try:
-    rest, _ = launcher.communicate(timeout=60)
-  finally:
-    launcher.kill()
+  code, rest = launch.finish(seconds=60)
   assert time.time() - start < 60
-  assert launcher.returncode != 0
+  assert code != 0
   assert "process 1 exited with code -9; stopping the others" in rest
   time.sleep(0.5)
   assert not _alive(pids[0]) and not _alive(pids[1])  # no orphans
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """Process 1 alone gets SIGTERM; the all-gather at the next log step stops both there, with
+  one checkpoint at that step, and the same launch resumes from it."""
+  args = [a for a in ARGS if not a.startswith("--max_steps")] + [
+      "--max_steps=120", "--log_every_steps=5", "--checkpoint_every_steps=1000",
+      "--num_cpu_devices=2", "--parallel=shard_map", f"--workdir={tmp_path}"]
+  launch = _Launch(args)
+  pids = launch.wait_for("[p0] step")
+  os.kill(pids[1], signal.SIGTERM)
+  code, rest = launch.finish()
+  stops = re.findall(r"\[p(\d)\] jax_attn: stopped by SIGTERM at step (\d+)", rest)
+  assert code == 143, rest[-3000:]
+  assert {p for p, _ in stops} == {"0", "1"} and len({s for _, s in stops}) == 1, stops
+  step = int(stops[0][1])
+  assert step % 5 == 0 and 0 < step < 120
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+  resumed = _Launch(args)
+  resumed.wait_for(f"[p0] resumed from the checkpoint at step {step}")
+  code, rest = resumed.finish(seconds=300)
+  assert code == 0, rest[-3000:]
+  assert _params(tmp_path, 120)
 
 
 def test_launch_names_an_interpreter_without_jax_attn(tmp_path):

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Device call for the GPU-speed issue (H100/H200; <= 8 minutes), from the source tree (installs
+# nothing). Phases, all bounded by one deadline, timing phases alone on the GPU:
+#   A. the race: seed SA-CNN train step against eager PyTorch and torch.compile, float32 and
+#      bf16, einsum and flash attention, K = 1 and K = 20 steps per call; a profile of the
+#      einsum and the fastest step (python -m jax_attn.profile_table "$OUT"/profile)
+#   B. the seed recipe's 10 epochs alone: float32 and bf16, with the fastest settings
+#   C. the bf16 NaN hunt: 10 bf16 runs of 300 steps side by side, each dumping XLA's autotuning
+#      choices; a run that goes NaN is replayed with its choices and JAX_DEBUG_NANS, which names
+#      the first op that made a NaN; and once with deterministic ops
+#   D. scaling: step time and peak memory at 32, 64 and 96 px, einsum against flash
+# Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
+# then the device call carries ".data". Without it phase B uses synthetic data.
+# Usage on the device machine, from the repo root:   bash experiments/gpu_speed.sh "$OUT" [SECONDS]
+# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 400
+source "$(dirname "$0")/gpu_common.sh" "$@"
+
+steps=20; rounds=2; nan_steps=300; sizes="32 64 96"; preset="--preset=seed"; k=20
+if [ -n "${SMOKE:-}" ]; then
+  steps=2; rounds=1; nan_steps=3; sizes="16 24"; preset="--preset=tiny --image_size=16 --batch_size=8"; k=2
+fi
+bench() {  # NAME SECONDS ARGS...: one bench call, its JSON (or its error) kept
+  local name="$1" limit="$2"; shift 2
+  timeout "$(( limit < $(left) ? limit : $(left) ))" $py -m jax_attn.bench --models=sa_cnn $preset \
+    --steps=$steps --rounds=$rounds --json "$@" > "$runs/bench_$name.json" 2> "$runs/bench_$name.err"
+  stamp "bench $name exited with $?: $(grep -o '"train_step_ms": [0-9.]*\|"speedup_train[a-z_]*": [0-9.]*\|"peak_memory_bytes": [0-9]*' "$runs/bench_$name.json" | tr '\n' ' ')$(tail -n 1 "$runs/bench_$name.err" | grep -i 'error\|memory' | cut -c1-160)"
+}
+
+stamp "A: the race (alone on the GPU)"
+bench f32_einsum 120 --against=torch,torch_compile --profile="$runs/profile/f32_einsum"
+bench f32_flash_k$k 60 --attention_impl=flash --steps_per_call=$k
+bench bf16_einsum 60 --dtype=bfloat16 --against=torch,torch_compile
+bench bf16_flash_k$k 60 --dtype=bfloat16 --attention_impl=flash --steps_per_call=$k \
+  --profile="$runs/profile/bf16_flash_k$k"
+bench bf16_fused_k$k 45 --dtype=bfloat16 --attention_impl=fused --steps_per_call=$k
+$py -m jax_attn.profile_table "$runs/profile" > "$runs/profile_table.md" 2>&1
+cat "$runs/profile_table.md"
+
+stamp "B: the seed recipe's 10 epochs, alone"
+fast="--attention_impl=flash --steps_per_call=50 --log_every_steps=100 --eval_every_epochs=10"
+train seed_f32_fast --model=sa_cnn --recipe=seed $fast
+train seed_bf16_fast --model=sa_cnn --recipe=seed --dtype=bfloat16 $fast
+
+stamp "C: bf16 NaN hunt, 10 runs side by side"
+for i in $(seq 0 9); do
+  XLA_FLAGS="--xla_gpu_dump_autotune_results_to=$runs/autotune_$i.textproto" \
+    train nan_$i --model=sa_cnn --recipe=seed --dtype=bfloat16 --max_steps=$nan_steps --seed=$i &
+done
+XLA_FLAGS="--xla_gpu_deterministic_ops=true" \
+  train nan_deterministic --model=sa_cnn --recipe=seed --dtype=bfloat16 --max_steps=$nan_steps &
+wait $(jobs -p | grep -v "^$packer$")
+for i in $(seq 0 9); do
+  if grep -q "became nan\|non-finite" "$runs/nan_$i.log"; then
+    stamp "nan_$i went NaN: replaying its autotuning choices under JAX_DEBUG_NANS"
+    JAX_DEBUG_NANS=True XLA_FLAGS="--xla_gpu_load_autotune_results_from=$runs/autotune_$i.textproto" \
+      train nan_${i}_replay --model=sa_cnn --recipe=seed --dtype=bfloat16 --max_steps=$nan_steps \
+      --seed=$i --log_every_steps=1
+  fi
+done
+grep -l "became nan\|non-finite" "$runs"/nan_*.log | sed 's/^/NaN in: /'
+stamp "C: $(grep -L "became nan\|non-finite" "$runs"/nan_?.log | wc -l) of 10 bf16 runs finite"
+
+stamp "D: scaling with resolution (einsum against flash)"
+for size in $sizes; do
+  for impl in einsum flash; do
+    bench scale_${size}px_$impl 40 --image_size=$size --attention_impl=$impl --steps=6 --rounds=1
+  done
+done
+finish seed_f32_fast
