@@ -1,0 +1,37 @@
+"""Seconds per train step of a seed model: one jitted step, against 2 steps inside lax.scan and
+inside a fori_loop with a traced trip count (what --steps_per_call runs). Used for the CPU
+figures in experiments/README.md ("GPU speed work without a GPU").
+
+    PYTHONPATH=. python experiments/cpu_loop_check.py sa_cnn '{}' 8
+    PYTHONPATH=. python experiments/cpu_loop_check.py sa_cnn '{"attention_stages": ()}' 8
+    PYTHONPATH=. python experiments/cpu_loop_check.py vit '{}' 64
+"""
+import ast
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jax_attn import config as config_lib
+from jax_attn import data, input_pipeline, models, optim
+from jax_attn.train import create_state, make_train_body
+
+name, overrides, batch_size = sys.argv[1], ast.literal_eval(sys.argv[2]), int(sys.argv[3])
+model = models.get_model(name, "seed", **overrides)
+tx = optim.make_optimizer("adam", optim.make_schedule("constant", 1e-3, 1))
+state = create_state(model, tx, 0, (32, 32, 3))
+split = data.SyntheticSource(batch_size, 32).load("train")
+batch = jax.tree.map(jnp.asarray, next(input_pipeline.train_batches(
+    split, seed=0, epoch=0, global_batch=batch_size)))
+body = make_train_body(model, tx, config_lib.augment_config(), 0.0)
+one = jax.jit(lambda s, b: body(s, b, None))
+scan = jax.jit(lambda s, b: jax.lax.scan(lambda s, _: body(s, b, None), s, None, length=2))
+loop = jax.jit(lambda s, b, n: jax.lax.fori_loop(0, n, lambda i, s: body(s, b, None)[0], s))
+for label, fn, args, steps in [("one step", one, (batch,), 1), ("scan of 2", scan, (batch,), 2),
+                               ("fori_loop of 2", loop, (batch, jnp.int32(2)), 2)]:
+  jax.block_until_ready(fn(state, *args))
+  start = time.perf_counter()
+  for _ in range(2):
+    jax.block_until_ready(fn(state, *args))
+  print(f"{label}: {(time.perf_counter() - start) / 2 / steps * 1e3:.1f} ms per step", flush=True)
