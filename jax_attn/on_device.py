@@ -66,6 +66,29 @@ def train_blocks(size: int, *, seed: int, epoch: int, global_batch: int, first_s
     step = end
 
 
+def dispatches(blocks: Iterator[tuple[int, Block]], parallel: Parallel, call: Callable,
+               data: dict[str, jax.Array]) -> Iterator[tuple[int, Callable, tuple[Any, ...]]]:
+  """``(steps, call, arguments after the state)`` per block, the blocks put on the devices
+  ahead of use by ``input_pipeline.prefetch``."""
+  put = lambda item: (item[0], parallel.put_batch(item[1]))  # noqa: E731
+  return ((steps, call, (data, block)) for steps, block in input_pipeline.prefetch(blocks, put))
+
+
+def per_step(ends: list[int], outputs: list[dict[str, Any]]) -> tuple[list[int], list[dict]]:
+  """Host metrics of single steps and of calls (one row per step, ``steps`` rows used) as
+  ``(step numbers, one metrics dict per step)``; ``ends`` holds the step each output ended at."""
+  steps, values = [], []
+  for end, metrics in zip(ends, outputs):
+    if np.ndim(metrics["loss"]) == 0:
+      steps.append(end)
+      values.append(metrics)
+      continue
+    count = int(metrics["steps"])
+    steps += range(end - count + 1, end + 1)
+    values += [{k: v[i] for k, v in metrics.items() if k != "steps"} for i in range(count)]
+  return steps, values
+
+
 def eval_block(size: int, global_batch: int) -> Block:
   """Every eval batch of ``input_pipeline.eval_batches`` as one ``[local batch, batches]``
   block of indices, positions and masks."""

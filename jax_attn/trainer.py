@@ -146,16 +146,8 @@ class _Run:
     """Fetches the pending step metrics (one host sync), checks them, logs one record."""
     if not pending:
       return
-    values, steps = [], []
-    for (step, metrics) in zip([s for s, _ in pending],
-                               self.parallel.to_host([m for _, m in pending])):
-      if np.ndim(metrics["loss"]) == 0:
-        values.append(metrics)
-        steps.append(step)
-        continue
-      count = int(metrics.pop("steps"))  # a call's metrics: one row per step it ran
-      values += [{k: v[i] for k, v in metrics.items()} for i in range(count)]
-      steps += range(step - count + 1, step + 1)
+    steps, values = on_device.per_step(
+        [s for s, _ in pending], self.parallel.to_host([m for _, m in pending]))
     for step, metrics in zip(steps, values):
       if not np.isfinite(metrics["loss"]):
         raise NonFiniteLossError(
@@ -234,9 +226,7 @@ class _Run:
     blocks = on_device.train_blocks(len(self.train_split), seed=config.seed, epoch=epoch,
                                     global_batch=config.batch_size, first_step=first,
                                     steps_per_call=config.steps_per_call, ends=ends)
-    put = lambda item: (item[0], self.parallel.put_batch(item[1]))  # noqa: E731
-    return ((steps, self.train_call, (self.train_data, block))
-            for steps, block in input_pipeline.prefetch(blocks, put))
+    return on_device.dispatches(blocks, self.parallel, self.train_call, self.train_data)
 
   def run(self) -> dict[str, Any]:
     config = self.config

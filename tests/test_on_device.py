@@ -104,3 +104,13 @@ def test_steps_per_call_on_eight_devices(tmp_path, straight, mode):
   eight, _ = _train(tmp_path / mode, f"--parallel={mode}", "--steps_per_call=5", env=flags)
   assert eight["devices"] == 8 and eight["steps"] == one["steps"]
   assert abs(eight["eval_loss"] - one["eval_loss"]) <= 1e-4 * abs(one["eval_loss"])
+
+
+def test_per_step_unstacks_the_rows_a_call_ran():
+  single = {"loss": np.float32(2.0), "accuracy": np.float32(0.5)}
+  call = {"loss": np.array([1.0, 0.9, 0.0], np.float32), "accuracy": np.array([0.1, 0.2, 0.0]),
+          "steps": np.int32(2)}  # the third row is an unused column of the block
+  steps, values = on_device.per_step([5, 7], [single, call])
+  assert steps == [5, 6, 7]
+  assert [float(v["loss"]) for v in values] == [2.0, 1.0, pytest.approx(0.9)]
+  assert all(set(v) == {"loss", "accuracy"} for v in values)
