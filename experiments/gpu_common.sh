@@ -45,7 +45,8 @@ train() {  # NAME ARGS...: one run (later flags win), stopped at the deadline; i
 }
 
 finish() {  # RUN...: waits for every job, lists the summaries, packs; checkpoints of the RUNs named
-  wait $(jobs -p | grep -v "^$packer$")
+  local pids; pids=$(jobs -p | grep -v "^$packer$")
+  [ -n "$pids" ] && wait $pids  # a bare `wait` would wait for the packer's endless loop
   kill $packer 2>/dev/null
   stamp "all runs ended"
   $py - "$runs" <<'PYEOF'

@@ -93,29 +93,35 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale
   The kernel wants one head dim for q, k and v and lengths that are multiples of its blocks.
   Both adaptations are exact: a value wider than the keys (SAGAN: C against C/8) is split
   into heads of ``FLASH_HEAD_DIM`` channels that share the (zero-padded, so unchanged) query
-  and key; a length that is not a multiple of the block is padded with keys in a segment of
-  their own, which no real query attends to.
+  and key; lengths are padded to one multiple of the block (the kernel takes one segment-id
+  array for queries and keys), the padding keys in a segment of their own, which no real query
+  attends to. Queries may be fewer than keys (the ViT's last block asks with its class token
+  alone), not more.
   """
   if interpret is None:
     interpret = jax.default_backend() != "gpu"
   from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
   *lead, length, heads, qk_dim = query.shape
-  value_dim = value.shape[-1]
+  kv_length, value_dim = key.shape[-3], value.shape[-1]
+  if length > kv_length:
+    raise ValueError(f"flash attention takes at most as many queries as keys: {length} > "
+                     f"{kv_length}")
   flat = lambda x: x.reshape((-1,) + x.shape[-3:])  # noqa: E731
   query, key, value = flat(query), flat(key), flat(value)
-  head_dim = max(qk_dim, min(value_dim, FLASH_HEAD_DIM))
+  head_dim = max(16, qk_dim, min(value_dim, FLASH_HEAD_DIM))  # Triton's dots want >= 16
   groups = -(-value_dim // head_dim)  # value heads per query/key head
   pad_last = lambda x, n: jnp.pad(x, [(0, 0)] * 3 + [(0, n - x.shape[-1])])  # noqa: E731
   query, key = pad_last(query, head_dim), pad_last(key, head_dim)
   value = pad_last(value, groups * head_dim).reshape(value.shape[:2] + (heads * groups, head_dim))
   query, key = (jnp.repeat(x, groups, axis=2) for x in (query, key))
-  block = min(FLASH_BLOCK, max(16, 1 << (length - 1).bit_length()))
-  padded = -(-length // block) * block
+  block = min(FLASH_BLOCK, max(16, 1 << (kv_length - 1).bit_length()))
+  padded = -(-kv_length // block) * block
   segments = None
-  if padded != length:
-    pad_len = lambda x: jnp.pad(x, [(0, 0), (0, padded - length), (0, 0), (0, 0)])  # noqa: E731
+  if padded != length or padded != kv_length:
+    pad_len = lambda x: jnp.pad(  # noqa: E731
+        x, [(0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0)])
     query, key, value = pad_len(query), pad_len(key), pad_len(value)
-    segments = jnp.broadcast_to((jnp.arange(padded) < length).astype(jnp.int32),
+    segments = jnp.broadcast_to((jnp.arange(padded) < kv_length).astype(jnp.int32),
                                 (query.shape[0], padded))
   small = min(block, 32)
   blocks = pallas_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=small,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -49,7 +50,7 @@ _STEPS_PER_CALL = flags.DEFINE_integer(
 _E2E = flags.DEFINE_integer("e2e_examples", 0, "Also time one epoch of this many synthetic examples with data loading (0 = off).")
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
 _PROFILE = flags.DEFINE_string(
-    "profile", None, "Also trace 5 train steps with jax.profiler into DIR/MODEL (a Perfetto "
+    "profile", None, "Also trace >= 5 train steps (whole calls) with jax.profiler into DIR/MODEL (a Perfetto "
     "trace too); `python -m jax_attn.profile_table DIR` tabulates where the time went.")
 
 # Dense bf16 peak FLOP/s by device kind, for MFU.
@@ -208,9 +209,10 @@ def bench_model(name: str) -> dict[str, Any]:
         f"{rival}_eval_images_per_sec": _BATCH.value / statistics.median(evals[rival]),
         f"speedup_train{suffix}": rival_step / step,
         f"speedup_eval{suffix}": statistics.median(evals[rival]) / statistics.median(evals["jax"])})
-  if _PROFILE.value:
+  if _PROFILE.value:  # whole calls of K steps; profile_table reads how many steps were traced
     with jax.profiler.trace(f"{_PROFILE.value}/{name}", create_perfetto_trace=True):
-      side.train_steps(5)
+      traced = len(side.train_steps(-(-5 // side.steps_per_call) * side.steps_per_call))
+    Path(f"{_PROFILE.value}/{name}/steps.txt").write_text(f"{traced}\n")
   if _E2E.value:
     result["e2e_epoch_s"] = side.epoch()
     if "torch" in rivals:

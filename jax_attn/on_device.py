@@ -1,5 +1,5 @@
 """Many steps per dispatch (``--steps_per_call=K``): the splits live on the devices, and one
-call runs up to K train steps as a ``lax.scan`` of the ordinary step body, or a whole
+call runs up to K train steps as a ``fori_loop`` over the ordinary step body, or a whole
 evaluation.
 
 Why: on a fast accelerator a small model's step is shorter than Python's dispatch plus a
@@ -56,7 +56,8 @@ def train_blocks(size: int, *, seed: int, epoch: int, global_batch: int, first_s
   epoch_start = epoch * last
   while step < last:
     end = min(ends(epoch_start + step) - epoch_start, last)
-    index = order[step * global_batch:end * global_batch].reshape(end - step, global_batch)
+    if end <= step:  # the run ends inside this epoch (--max_steps)
+      return
     index = np.zeros((len(positions), steps_per_call), np.int32)
     index[:, :end - step] = order[step * global_batch:end * global_batch].reshape(
         end - step, global_batch)[:, mine].T

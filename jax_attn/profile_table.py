@@ -1,4 +1,4 @@
-"""Where a traced step's time went: ``python -m jax_attn.profile_table DIR [--steps=5]``.
+"""Where a traced step's time went: ``python -m jax_attn.profile_table DIR [--steps=N]``.
 
 Reads the Perfetto traces that ``jax.profiler.trace(..., create_perfetto_trace=True)`` wrote
 under DIR (``bench --profile=DIR``) and prints, per trace, a markdown table of device time per
@@ -19,7 +19,7 @@ from pathlib import Path
 KINDS = (
     ("attention kernel", r"mha|flash|attention|fmha|sdpa"),
     ("dot / conv (YNNPACK, CPU)", r"ynn_fusion"),
-    ("convolution", r"conv|cudnn|implicit_gemm|winograd|fft"),
+    ("convolution", r"conv(?!ert)|cudnn|implicit_gemm|winograd|fft"),
     ("matmul", r"gemm|cublas|dot|matmul|sm\d+_xmma|cutlass"),
     ("copy / transpose", r"memcpy|memset|copy|transpose"),
     ("reduction", r"reduce|softmax"),
@@ -39,11 +39,19 @@ def kernel_times(trace: dict) -> dict[str, float]:
   processes = {e["pid"]: e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "process_name"}
   devices = {pid for pid, name in processes.items() if re.search(r"/device:(GPU|TPU)", name)}
+  # A GPU process also has derived tracks (XLA Modules, XLA Ops, Steps) over the same time:
+  # count the kernels on its streams only, when the trace names them.
+  streams = {(e["pid"], e.get("tid")) for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and e["pid"] in devices
+             and str(e["args"].get("name", "")).startswith("Stream")}
   times: dict[str, float] = collections.Counter()
   for e in events:
     if e.get("ph") != "X":
       continue
-    on_device = e["pid"] in devices if devices else not _HOST_WRAPPERS.search(e["name"])
+    if streams:
+      on_device = (e["pid"], e.get("tid")) in streams
+    else:
+      on_device = e["pid"] in devices if devices else not _HOST_WRAPPERS.search(e["name"])
     if on_device:
       times[e["name"]] += float(e.get("dur", 0.0))
   return times
@@ -66,7 +74,7 @@ def table(times: dict[str, float], steps: int, top: int = 10) -> str:
 
 def main(argv: list[str]) -> int:
   args = [a for a in argv[1:] if not a.startswith("--steps=")]
-  steps = int(next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--steps=")), 5))
+  given = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--steps=")), None)
   if len(args) != 1 or not Path(args[0]).is_dir():
     print("usage: python -m jax_attn.profile_table DIR [--steps=5]  (DIR: bench --profile's)",
           file=sys.stderr)
@@ -79,7 +87,11 @@ def main(argv: list[str]) -> int:
   for path in traces:
     with gzip.open(path) as f:
       times = kernel_times(json.load(f))
-    print(f"### {path.relative_to(args[0]).parts[0]} ({steps} steps traced)\n")
+    traced_dir = path.parents[3]  # DIR/.../MODEL/plugins/profile/RUN/perfetto_trace.json.gz
+    name = traced_dir.relative_to(args[0]).as_posix()
+    recorded = traced_dir / "steps.txt"  # written by bench --profile
+    steps = given or (int(recorded.read_text()) if recorded.exists() else 5)
+    print(f"### {name} ({steps} steps traced)\n")
     print(table(times, steps) + "\n")
   return 0
 

@@ -118,16 +118,20 @@ def test_other_impls_match_einsum_values_and_gradients(layer, shape, impl):
   chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape, qk_dim, value_dim, scale", [
-    ((2, 36, 1), 4, 80, 1.0),     # SAGAN: one head, value wider than the keys, 6x6 positions
-    ((2, 17, 2), 8, 8, 8**-0.5),  # ViT: two heads, 16 patches + <class>, 1/sqrt(d)
+@pytest.mark.parametrize("shape, queries, qk_dim, value_dim, scale", [
+    ((2, 36, 1), 36, 4, 80, 1.0),     # SAGAN: one head, value wider than the keys, 6x6 positions
+    ((2, 17, 2), 17, 8, 8, 8**-0.5),  # ViT: two heads, 16 patches + <class>, 1/sqrt(d)
+    ((2, 17, 2), 1, 8, 8, 8**-0.5),   # the ViT's last block: the <class> query alone
 ])
-def test_flash_kernel_matches_einsum_values_and_gradients(shape, qk_dim, value_dim, scale):
+def test_flash_kernel_matches_einsum_values_and_gradients(shape, queries, qk_dim, value_dim,
+                                                          scale):
   """The Pallas kernel (run by its interpreter here, compiled on GPUs) computes the einsum
   core, through the head split and the length padding, within 1e-4 relative in float32."""
-  q, k = (jax.random.normal(jax.random.key(i), shape + (qk_dim,)) for i in (0, 1))
+  batch, length, heads = shape
+  q = jax.random.normal(jax.random.key(0), (batch, queries, heads, qk_dim))
+  k = jax.random.normal(jax.random.key(1), shape + (qk_dim,))
   v = jax.random.normal(jax.random.key(2), shape + (value_dim,))
-  cotangent = jax.random.normal(jax.random.key(3), shape + (value_dim,))
+  cotangent = jax.random.normal(jax.random.key(3), (batch, queries, heads, value_dim))
   einsum = lambda q, k, v: einsum_attention(q, k, v, scale=scale)[0]  # noqa: E731
   flash = lambda q, k, v: flash_attention(q, k, v, scale=scale, interpret=True)  # noqa: E731
   expected, einsum_vjp = jax.vjp(einsum, q, k, v)

@@ -62,7 +62,7 @@ def test_bench_refuses_an_unknown_rival():
   assert "--against takes a list of torch, torch_compile" in result.stderr
 
 
-def test_profile_table_sums_device_kernels_by_kind(tmp_path):
+def test_profile_table_sums_device_kernels_by_kind(tmp_path, capsys):
   """A GPU-shaped Perfetto trace: only the device's kernels count, grouped by kind."""
   import gzip
   import json
@@ -70,16 +70,20 @@ def test_profile_table_sums_device_kernels_by_kind(tmp_path):
   events = [
       {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
       {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7, "args": {"name": "Stream #13(Compute)"}},
+      {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Ops"}},
+      {"ph": "X", "pid": 2, "tid": 8, "name": "convolution.3", "dur": 3000.0},  # derived track
+      {"ph": "X", "pid": 2, "tid": 7, "name": "loop_convert_fusion", "dur": 1000.0},
       {"ph": "X", "pid": 1, "name": "PjitFunction(jit(body))", "dur": 9000.0},
-      {"ph": "X", "pid": 2, "name": "sm90_xmma_gemm_bf16", "dur": 3000.0},
-      {"ph": "X", "pid": 2, "name": "cudnn_conv_fprop", "dur": 1500.0},
-      {"ph": "X", "pid": 2, "name": "cudnn_conv_fprop", "dur": 1500.0},
-      {"ph": "X", "pid": 2, "name": "loop_multiply_fusion", "dur": 4000.0}]
+      {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_xmma_gemm_bf16", "dur": 3000.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "cudnn_conv_fprop", "dur": 1500.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "cudnn_conv_fprop", "dur": 1500.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "loop_multiply_fusion", "dur": 3000.0}]
   times = profile_table.kernel_times({"traceEvents": events})
   assert times == {"sm90_xmma_gemm_bf16": 3000.0, "cudnn_conv_fprop": 3000.0,
-                   "loop_multiply_fusion": 4000.0}
+                   "loop_multiply_fusion": 3000.0, "loop_convert_fusion": 1000.0}
   text = profile_table.table(times, steps=2)
-  assert "| fused elementwise | 2.000 | 40.0% |" in text
+  assert "| fused elementwise | 2.000 | 40.0% |" in text  # a convert is not a convolution
   assert "| convolution | 1.500 | 30.0% |" in text and "| matmul | 1.500 | 30.0% |" in text
   assert "| **total** | **5.000** | 100% |" in text
   trace_dir = tmp_path / "sa_cnn" / "plugins" / "profile" / "run"
@@ -87,4 +91,7 @@ def test_profile_table_sums_device_kernels_by_kind(tmp_path):
   with gzip.open(trace_dir / "perfetto_trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
   assert profile_table.main(["profile_table", str(tmp_path), "--steps=2"]) == 0
+  (tmp_path / "sa_cnn" / "steps.txt").write_text("4\n")  # as bench --profile writes it
+  assert profile_table.main(["profile_table", str(tmp_path)]) == 0
+  assert "### sa_cnn (4 steps traced)" in capsys.readouterr().out
   assert profile_table.main(["profile_table", str(tmp_path / "sa_cnn" / "plugins" / "profile" / "run" / "x")]) == 2

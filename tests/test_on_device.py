@@ -114,3 +114,11 @@ def test_per_step_unstacks_the_rows_a_call_ran():
   assert steps == [5, 6, 7]
   assert [float(v["loss"]) for v in values] == [2.0, 1.0, pytest.approx(0.9)]
   assert all(set(v) == {"loss", "accuracy"} for v in values)
+
+
+def test_blocks_stop_where_the_run_ends_inside_an_epoch():
+  ends = lambda step: on_device.call_end(step, steps_per_call=4, steps_per_epoch=12,  # noqa: E731
+                                         end_step=6, every=(100,))
+  blocks = list(on_device.train_blocks(200, seed=0, epoch=0, global_batch=16, first_step=0,
+                                       steps_per_call=4, ends=ends))
+  assert [steps for steps, _ in blocks] == [4, 2]

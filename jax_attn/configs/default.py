@@ -103,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keep_checkpoints", 3, "How many recent checkpoints to keep."),
     Setting("log_every_steps", 50, "Log a metrics record every N steps."),
     Setting("steps_per_call", 1, "K > 1: the splits stay on the devices and each dispatch runs "
-            "K train steps (one lax.scan), ending early at log, checkpoint and epoch boundaries; "
+            "K train steps (one fori_loop), ending early at log, checkpoint and epoch boundaries; "
             "evaluation is one dispatch. Same batches in the same order as K = 1."),
     # On-device preprocessing and augmentation.
     Setting("augment.normalization", "reference", "reference = (x/255-0.5)/0.5; mean_std = CIFAR-10 "
