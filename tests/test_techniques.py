@@ -172,32 +172,59 @@ def test_lookahead_weights_are_the_documented_average():
 
 
 # ------------------------------------------------------------------ the recipe chain
-@pytest.mark.parametrize("model, recipe", [("sa_cnn", "seed"), ("vit", "seed"),
-                                           ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1")])
+TUNED_V2 = {  # what the tuned_v2 docstrings promise
+    "sa_cnn": dict(optimizer="sgd", schedule="warmup_linear", batch_size=1000, learning_rate=1.5,
+                   momentum=0.85, weight_decay=0.0153 / 11.5, bias_lr_scale=64.0,
+                   grad_clip_norm=0.0, warmup_epochs=2.3, lr_warmup_start=0.2, lr_final=0.07,
+                   whiten_bias_epochs=3.0, lookahead_every_steps=5, lookahead_decay=0.95),
+    "vit": dict(optimizer="adamw", schedule="warmup_cosine", batch_size=125, learning_rate=2e-3,
+                weight_decay=5e-2, grad_clip_norm=1.0, warmup_epochs=2.0,
+                lookahead_every_steps=40, lookahead_decay=0.9936),
+}
+
+
+@pytest.mark.parametrize("model, recipe", [
+    ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
+    ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("vit", "tuned_v2")])
 def test_recipe_resolves_to_documented_training(model, recipe):
   config = config_lib.resolve(model, recipe)
   documented = {
       "seed": dict(optimizer="adam", schedule="constant", learning_rate=1e-3, batch_size=64,
-                   weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0, eval_flip=False),
+                   weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0, eval_flip=False,
+                   eval_translate=0, lookahead_every_steps=0),
       "tuned_v1": dict(optimizer="adamw", schedule="warmup_cosine", weight_decay=5e-2,
-                       grad_clip_norm=1.0, label_smoothing=0.1, eval_flip=True,
-                       batch_size=128 if model == "sa_cnn" else 128,
-                       learning_rate=4e-3 if model == "sa_cnn" else 2e-3)}[recipe]
+                       grad_clip_norm=1.0, label_smoothing=0.1, eval_flip=True, eval_translate=0,
+                       batch_size=128, learning_rate=4e-3 if model == "sa_cnn" else 2e-3,
+                       lookahead_every_steps=0),
+      "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
+  }[recipe.removesuffix("_noattn")]
   for key, value in documented.items():
     assert config[key] == value, key
+  v2 = recipe.startswith("tuned_v2")
   norm = "reference" if recipe == "seed" else "mean_std"
   assert config.augment.normalization == norm
-  assert (config.augment.crop_padding, config.augment.flip) == ((0, False) if recipe == "seed" else (4, True))
+  assert (config.augment.crop_padding, config.augment.flip, config.augment.alternating_flip) == (
+      (0, False, False) if recipe == "seed" else (2, True, True) if v2 else (4, True, False))
+  if v2:
+    assert 45000 % config.batch_size == 0  # every example is seen exactly once an epoch
   steps = 45000 // config.batch_size * config.epochs
-  schedule = optim.make_schedule(config.schedule, config.learning_rate, steps,
-                                 round(config.warmup_epochs * 45000 // config.batch_size),
+  warm = round(config.warmup_epochs * 45000 // config.batch_size)
+  schedule = optim.make_schedule(config.schedule, config.learning_rate, steps, warm,
                                  config.lr_warmup_start, config.lr_final)
+  lr = config.learning_rate
   if recipe == "seed":
     assert float(schedule(0)) == float(schedule(steps - 1)) == 1e-3
+  elif config.schedule == "warmup_linear":  # 0.2x -> 1x over the warm-up, then to 0.07x
+    assert float(schedule(0)) == pytest.approx(0.2 * lr)
+    assert float(schedule(warm)) == pytest.approx(lr)
+    assert float(schedule(steps - 1)) == pytest.approx(0.07 * lr)
+    half = (steps - 1 - warm) // 2  # linear in between: halfway down the decay
+    assert float(schedule(warm + half)) == pytest.approx(
+        lr * (1 - 0.93 * half / (steps - 1 - warm)), rel=1e-5)
+    assert float(schedule(warm // 2)) == pytest.approx(lr * (0.2 + 0.8 * (warm // 2) / warm))
   else:
     assert float(schedule(0)) == 0.0 and float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
-    warm = 45000 // config.batch_size
-    assert float(schedule(warm)) == pytest.approx(config.learning_rate, rel=1e-3)
+    assert float(schedule(warm)) == pytest.approx(lr, rel=1e-3)
 
 
 # ------------------------------------------------------------------ the SA-CNN of tuned_v2
