@@ -150,6 +150,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (c.weight_decay >= 0, f"--weight_decay={c.weight_decay} must be >= 0"),
       (c.grad_clip_norm >= 0, f"--grad_clip_norm={c.grad_clip_norm} must be >= 0"),
       (0 <= c.momentum < 1, f"--momentum={c.momentum} must be in [0, 1)"),
+      (c.muon_learning_rate > 0 and 0 <= c.muon_momentum < 1,
+       "--muon_learning_rate must be positive and --muon_momentum in [0, 1)"),
       (0 <= c.label_smoothing < 1, f"--label_smoothing={c.label_smoothing} must be in [0, 1)"),
       (c.bias_lr_scale > 0, f"--bias_lr_scale={c.bias_lr_scale} must be positive"),
       (c.whiten_bias_epochs >= 0, f"--whiten_bias_epochs={c.whiten_bias_epochs} must be >= 0"),

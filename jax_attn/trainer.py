@@ -95,14 +95,17 @@ class _Run:
     config = self.config
     shapes = jax.eval_shape(
         lambda: models.init_variables(self.model, jax.random.key(0), image_shape))
-    groups = optim.param_groups(shapes["params"], shapes.get("batch_stats", {}))
+    muon = config.optimizer == "muon"
+    groups = optim.param_groups(shapes["params"], shapes.get("batch_stats", {}), filters=muon)
     whiten = optim.WHITEN_KERNEL in jax.tree.leaves(groups)
     tx = optim.make_optimizer(
         config.optimizer, self.schedule, weight_decay=config.weight_decay,
         momentum=config.momentum, grad_clip_norm=config.grad_clip_norm,
         bias_lr_scale=config.bias_lr_scale,
         whiten_bias_steps=round(config.whiten_bias_epochs * self.steps_per_epoch),
-        groups=groups if whiten or config.bias_lr_scale != 1.0 else None)
+        groups=groups if whiten or muon or config.bias_lr_scale != 1.0 else None,
+        muon_lr_scale=config.muon_learning_rate / config.learning_rate,
+        muon_momentum=config.muon_momentum)
     state = create_state(self.model, tx, config.seed, image_shape,
                          lookahead=bool(config.lookahead_every_steps))
     if whiten:  # the first 5,000 training images, normalised, as airbench does

@@ -145,6 +145,35 @@ def test_param_groups_and_their_rates():
   assert float(jnp.abs(updates["whiten"]["bias"]).max()) == 0.0  # past whiten_bias_steps
 
 
+def test_muon_orthogonalises_filter_steps_and_keeps_their_norm():
+  """--optimizer=muon: a 3x3 kernel is rescaled to Frobenius norm sqrt(out) and moves by
+  -rate x an orthogonalised step (singular values near 1, aligned with the gradient); the
+  whitening filters stay frozen and the head and batch-norm biases take plain SGD-Nesterov."""
+  params = {"whiten": {"kernel": jnp.ones((2, 2, 3, 24))},
+            "conv1": {"kernel": 3.0 * jax.random.normal(jax.random.key(0), (3, 3, 24, 16))},
+            "bn1": {"bias": jnp.ones(16)}, "head": {"kernel": jnp.ones((16, 10))}}
+  groups = optim.param_groups(params, {"bn1": {"mean": jnp.zeros(16)}}, filters=True)
+  assert groups == {"whiten": {"kernel": "whiten_kernel"}, "conv1": {"kernel": "filters"},
+                    "bn1": {"bias": "bn_bias"}, "head": {"kernel": "default"}}
+  assert optim.param_groups(params, {}, filters=False)["conv1"]["kernel"] == "default"
+  tx = optim.make_optimizer("muon", optax.constant_schedule(0.5), momentum=0.85,
+                            groups=groups, muon_lr_scale=0.2, muon_momentum=0.6)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  kernel = params["conv1"]["kernel"]
+  rescaled = kernel * 4.0 / jnp.linalg.norm(kernel)  # sqrt(16 output channels)
+  step = np.asarray((new["conv1"]["kernel"] - rescaled) / -0.1).reshape(-1, 16)  # rate 0.5 x 0.2
+  singular = np.linalg.svd(step, compute_uv=False)
+  assert 0.5 < singular.min() and singular.max() < 1.3, singular  # orthogonalised, not the grad
+  assert np.sum(step * np.asarray(grads["conv1"]["kernel"]).reshape(-1, 16)) > 0  # downhill
+  assert float(jnp.abs(updates["whiten"]["kernel"]).max()) == 0.0
+  np.testing.assert_allclose(updates["head"]["kernel"], -0.5 * 1.85 * grads["head"]["kernel"],
+                             rtol=1e-5)  # Nesterov's first step: (1 + momentum) x gradient
+  with pytest.raises(ValueError, match="needs the parameter groups"):
+    optim.make_optimizer("muon", optax.constant_schedule(0.5))
+
+
 def test_lookahead_weights_are_the_documented_average():
   model = models.get_model("sa_cnn", "tiny", norm="batch")
   tx = optax.sgd(0.05)
@@ -185,7 +214,8 @@ TUNED_V2 = {  # what the tuned_v2 docstrings promise
 
 @pytest.mark.parametrize("model, recipe", [
     ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
-    ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("vit", "tuned_v2")])
+    ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("sa_cnn", "tuned_v2_muon"),
+    ("vit", "tuned_v2")])
 def test_recipe_resolves_to_documented_training(model, recipe):
   config = config_lib.resolve(model, recipe)
   documented = {
@@ -197,7 +227,9 @@ def test_recipe_resolves_to_documented_training(model, recipe):
                        batch_size=128, learning_rate=4e-3 if model == "sa_cnn" else 2e-3,
                        lookahead_every_steps=0),
       "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
-  }[recipe.removesuffix("_noattn")]
+  }[recipe.removesuffix("_noattn").removesuffix("_muon")]
+  if recipe.endswith("_muon"):
+    documented.update(optimizer="muon", muon_learning_rate=0.24, muon_momentum=0.6)
   for key, value in documented.items():
     assert config[key] == value, key
   v2 = recipe.startswith("tuned_v2")
@@ -260,11 +292,12 @@ def test_tuned_v2_sa_cnn_budget_attention_and_ablation():
   assert [w.shape for w in weights] == [(2, 225, 225), (2, 49, 49)]  # attention at 15x15 and 7x7
 
 
-def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path):
-  """A short tuned_v2 run on synthetic data: the stem's filters are the whitening of the
-  training images and do not change; its bias trains only in the first epochs."""
+@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v2_muon"])
+def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, recipe):
+  """A short tuned_v2 run on synthetic data (SGD, and Muon on the filters): the stem's
+  filters are the whitening of the training images and do not change."""
   from jax_attn import data, trainer
-  config = config_lib.resolve("sa_cnn", "tuned_v2", {
+  config = config_lib.resolve("sa_cnn", recipe, {
       "data.synthetic": True, "data.synthetic_size": 256, "data.image_size": 16,
       "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4,
       "model.widths": (8, 16, 16)})
@@ -276,6 +309,11 @@ def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path):
   images = np.asarray(augment.normalize(split.images[:5000], "mean_std"))
   np.testing.assert_allclose(state["params"]["stem"]["whiten"]["kernel"],
                              whitening.whitening_kernel(images), rtol=1e-4, atol=1e-5)
+  if recipe == "tuned_v2_muon":  # every other conv kernel ends at Frobenius norm sqrt(out)
+    kernels = [v["kernel"] for k, v in state["params"].items() if k.startswith("conv")]
+    assert len(kernels) == 6 and all(np.isfinite(k).all() for k in kernels)
+    for k in kernels:  # (the last lookahead average mixes slightly different kernels)
+      assert np.linalg.norm(k) == pytest.approx(np.sqrt(k.shape[-1]), rel=0.05)
 
 
 def test_tuned_v2_vit_is_a_vit_with_sequence_pooling_beside_the_class_token():

@@ -61,7 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("epochs", 10, "Training epochs."),
     Setting("batch_size", 64, "Global batch size, across all devices and processes."),
     Setting("learning_rate", 1e-3, "Peak learning rate."),
-    Setting("optimizer", "adam", "Optimizer (sgd = Nesterov momentum).", choices=OPTIMIZERS),
+    Setting("optimizer", "adam", "Optimizer (sgd = Nesterov momentum; muon = Muon on the "
+            "convolution filters, sgd for the rest).", choices=OPTIMIZERS),
     Setting("schedule", "constant", "Learning-rate schedule.", choices=SCHEDULES),
     Setting("warmup_epochs", 0.0, "Warm-up epochs of --schedule=warmup_cosine or warmup_linear."),
     Setting("lr_warmup_start", 0.2, "warmup_linear: the learning rate at step 0, as a fraction of "
@@ -69,7 +70,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lr_final", 0.07, "warmup_linear: the learning rate at the last step, as a fraction "
             "of the peak."),
     Setting("weight_decay", 0.0, "Weight decay (decoupled for adamw)."),
-    Setting("momentum", 0.9, "Nesterov momentum for --optimizer=sgd."),
+    Setting("momentum", 0.9, "Nesterov momentum for --optimizer=sgd (and muon's other "
+            "parameters)."),
+    Setting("muon_learning_rate", 0.24, "--optimizer=muon: the peak rate of the convolution "
+            "filters (Muon, schedule-shaped); every other parameter: SGD at --learning_rate."),
+    Setting("muon_momentum", 0.6, "--optimizer=muon: the filters' Nesterov momentum."),
     Setting("bias_lr_scale", 1.0, "Learning-rate multiplier of batch-norm biases; their weight "
             "decay is divided by it (the same decay per step)."),
     Setting("whiten_bias_epochs", 3.0, "Epochs the whitening layer's bias trains (its filters, "
