@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device call for the tuned-recipe issue (H100/H200; <= 8 minutes): 10-epoch runs of the new
-# recipes on 3 seeds each, side by side, from the source tree (installs nothing).
+# recipes on 3 seeds each (twelve runs), side by side, from the source tree (installs nothing).
 #   sa_cnn tuned_v2      whitened, early-pooled SA-CNN, SGD-Nesterov + lookahead, alt. flip, 6-view TTA
 #   sa_cnn tuned_v2_noattn   the same recipe without its two SAGAN layers, widths matched (+-2 %)
+#   sa_cnn tuned_v2_muon     the candidate: tuned_v2 with Muon on the convolution filters
 #   vit    tuned_v2      conv-token ViT with sequence pooling, the same augmentation, lookahead, TTA
 # Selection uses train[:45000] / train[45000:] only (the default split of the JPEG folder).
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
@@ -15,6 +16,7 @@ stamp "tuned recipes, 3 seeds each"
 for seed in 0 1 2; do
   train sa_cnn_v2_s$seed --model=sa_cnn --recipe=tuned_v2 --seed=$seed &
   train sa_cnn_v2_noattn_s$seed --model=sa_cnn --recipe=tuned_v2_noattn --seed=$seed &
+  train sa_cnn_v2_muon_s$seed --model=sa_cnn --recipe=tuned_v2_muon --seed=$seed &
   train vit_v2_s$seed --model=vit --recipe=tuned_v2 --seed=$seed &
 done
 finish sa_cnn_v2_s0 vit_v2_s0
