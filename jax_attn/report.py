@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from jax_attn import config as config_lib, data, models, trained  # noqa: E402
+from jax_attn.comparisons import architecture, attention_ablation, seed_groups  # noqa: E402
 from jax_attn.errors import UserError  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "report", "Output directory for REPORT.md and the PNGs.")
@@ -59,12 +60,6 @@ def _fmt(value: Any, spec: str) -> str:
   return "not run" if value is None else format(value, spec)
 
 
-def _architecture(config: Any) -> str:
-  """The model preset and the hyper-parameters changed from it, e.g. ``tuned, attention_stages=()``."""
-  overrides = [f"{k}={v}" for k, v in sorted(config_lib.model_differences(config).items())]
-  return ", ".join([config.preset] + overrides)
-
-
 def _batch_and_lr(config: Any) -> str:
   """Batch size and peak learning rate (what tells a recipe's variants apart), e.g. ``128, 0.004``."""
   return f"{config['batch_size']}, {config['learning_rate']:g}"
@@ -91,7 +86,7 @@ def table(runs: list[dict[str, Any]]) -> str:
   for run, s in zip(runs, summaries):
     rows.append(
         f"| {run['label']} | {run['config'].model_name} | {run['config'].recipe} | "
-        f"{_architecture(run['config'])} | {_batch_and_lr(run['config'])} | "
+        f"{architecture(run['config'])} | {_batch_and_lr(run['config'])} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
         f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
@@ -103,42 +98,6 @@ def table(runs: list[dict[str, Any]]) -> str:
       if not any((model, name) in present for name in names):
         rows.append(f"| - | {model} | {' = '.join(names)} |" + " not run |" * 10)
   return "\n".join(rows)
-
-
-# Settings that do not change what a run learns: runs differing only in these (and the seed)
-# are repeats of one recipe.
-_NOT_RECIPE = ("seed", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "parallel",
-               "cpu_kernels", "attention_impl", "image_size", "data.image_folder", "data.data_dir",
-               "data.cifar_archive", "data.dataset", "eval_every_epochs")
-
-
-def seed_groups(runs: list[dict[str, Any]]) -> str:
-  """Runs that differ only in their seed, finished ones only: mean +- sample std of accuracy."""
-  groups: dict[str, list[dict[str, Any]]] = {}
-  for run in runs:
-    if run["summary"] is None:
-      continue
-    settings = config_lib.flatten(config_lib.to_json(run["config"]))
-    key = json.dumps({k: v for k, v in settings.items() if k not in _NOT_RECIPE}, sort_keys=True)
-    groups.setdefault(key, []).append(run)
-  rows = ["| model | recipe | preset | parameters | seeds | eval accuracy (mean +- std) "
-          "| without TTA | runs |", "|" + "---|" * 8]
-  for members in groups.values():
-    if len(members) < 2:
-      continue
-    config, summary = members[0]["config"], members[0]["summary"]
-    rows.append(f"| {config.model_name} | {config.recipe} | {_architecture(config)} | "
-                f"{summary['params']:,} | {', '.join(str(m['config'].seed) for m in members)} | "
-                f"{_mean_std([m['summary']['eval_accuracy'] for m in members])} | "
-                f"{_mean_std([m['summary'].get('eval_accuracy_no_flip') for m in members])} | "
-                f"{', '.join(m['dir'].name for m in members)} |")
-  return "\n".join(rows) if len(rows) > 2 else ""
-
-
-def _mean_std(values: list[float | None]) -> str:
-  if any(v is None for v in values):
-    return "-"
-  return f"{np.mean(values):.2%} +- {np.std(values, ddof=1):.2%} (n={len(values)})"
 
 
 def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +165,7 @@ def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.nda
   _, layers = trained.apply(trained_run, images, attention=True)
   if not layers:
     raise UserError(f"the model of {run['dir'].name} has no attention layers "
-                    f"({_architecture(run['config'])})")
+                    f"({architecture(run['config'])})")
   return images, layers, eval_spec
 
 
@@ -280,6 +239,10 @@ def write_report(workdirs: list[str], out: str, images: int = 3) -> Path:
   groups = seed_groups(runs)
   if groups:
     lines += ["## Repeats of one recipe (runs that differ only in their seed)", "", groups, ""]
+  ablation = attention_ablation(runs)
+  if ablation:
+    lines += ["## Does attention help? (the same recipe without its attention layers)", "",
+              ablation, ""]
   lines += ["## Curves", "", "![curves](curves.png)", ""]
   plot_curves(runs, out_dir)
   lines += ["## Attention maps", ""]

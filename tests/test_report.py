@@ -1,6 +1,6 @@
 """The comparison report on two tiny synthetic runs."""
 from jax_attn import config as config_lib
-from jax_attn import report
+from jax_attn import comparisons, report
 
 from conftest import TINY
 
@@ -14,7 +14,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
     runs.append(str(workdir))
   path = report.write_report(runs, str(tmp_path / "out"), images=2)
   config = config_lib.resolve("sa_cnn", "tuned", {"model.attention_stages": ()})
-  assert report._architecture(config) == "tuned, attention_stages=()"
+  assert comparisons.architecture(config) == "tuned, attention_stages=()"
   text = path.read_text()
   batch = next(f for f in TINY if f.startswith("--batch_size=")).split("=")[1]
   assert f"| sa_cnn/seed | sa_cnn | seed | tiny | {batch}, 0.001 | 3,274 |" in text
@@ -65,9 +65,31 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std():
 
   runs = [run(0, 0.90), run(1, 0.92), run(2, 0.94), run(0, 0.5, learning_rate=1.0),
           run(5, 0.7, log_every_steps=7)]
-  text = report.seed_groups(runs)
+  text = comparisons.seed_groups(runs)
   rows = [line for line in text.splitlines() if line.startswith("| sa_cnn")]
   assert len(rows) == 1  # the learning-rate variant is another recipe; log_every_steps is not
   assert "| 0, 1, 2, 5 |" in rows[0]
   assert "86.50% +- 11.12% (n=4)" in rows[0]  # mean and sample std of 0.90, 0.92, 0.94, 0.70
-  assert report.seed_groups(runs[:1]) == ""
+  assert comparisons.seed_groups(runs[:1]) == ""
+
+
+def test_attention_ablation_pairs_a_recipe_with_its_attention_free_twin():
+  from pathlib import Path
+
+  def run(recipe, seed, accuracy, **overrides):
+    config = config_lib.resolve("sa_cnn", recipe, {"seed": seed, **overrides})
+    return {"config": config, "dir": Path(f"{recipe}{seed}"),
+            "summary": {"eval_accuracy": accuracy, "eval_accuracy_no_flip": accuracy - 0.01,
+                        "params": 541674 if recipe == "tuned_v2" else 541848}}
+
+  one_seed = [run("tuned_v2", 0, 0.895), run("tuned_v2_noattn", 0, 0.888)]
+  text = comparisons.attention_ablation(one_seed)
+  assert "89.50% (n=1) with attention, 88.80% (n=1) without; difference +0.70 points" in text
+  assert "too few seeds to tell" in text
+  close = one_seed + [run("tuned_v2", 1, 0.889), run("tuned_v2_noattn", 1, 0.893)]
+  assert "no measurable effect" in comparisons.attention_ablation(close)
+  apart = [run("tuned_v2", s, 0.90 + s / 1000) for s in range(3)] + [
+      run("tuned_v2_noattn", s, 0.85 + s / 1000) for s in range(3)]
+  assert "attention helps (beyond 2 standard errors" in comparisons.attention_ablation(apart)
+  other_rate = [run("tuned_v2", 0, 0.9), run("tuned_v2_noattn", 0, 0.8, learning_rate=1.0)]
+  assert comparisons.attention_ablation(other_rate) == ""  # another recipe: no pair
