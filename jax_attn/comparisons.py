@@ -72,9 +72,9 @@ def attention_ablation(runs: list[dict[str, Any]]) -> str:
   difference counts as measurable only beyond two standard errors, with >= 2 seeds a side."""
   lines = []
   for members in _groups(runs, NOT_RECIPE + _ABLATED).values():
-    sides = {bool(m["config"].model.get("attention_stages", True)): [] for m in members}
+    sides: dict[bool, list[dict[str, Any]]] = {}
     for m in members:
-      sides[bool(m["config"].model.get("attention_stages", True))].append(m)
+      sides.setdefault(bool(m["config"].model.get("attention_stages", True)), []).append(m)
     if len(sides) < 2:
       continue
     with_attn, without = sides[True], sides[False]
