@@ -26,6 +26,9 @@ class SACNN(nn.Module):
   then ``SelfAttention2D`` if ``i in attention_stages``. With
   ``pool_position='after_first_conv'`` the pool follows the stage's first conv
   instead (as in fast CIFAR ResNets: the later convs run at a quarter of the cost).
+  ``pool_before_norm=True`` pools straight after that conv, before its batch norm and
+  activation (airbench's conv -> pool -> BN -> GELU): the norm then standardises the pooled map
+  that the next layer sees, and it and the activation run at a quarter of the size.
   With ``residual=True`` every conv whose input already has the stage's width
   (a stage's second and later convs) gets an identity shortcut: ``x + ReLU(BN(conv(x)))``,
   so extra convs per stage add depth that still trains in few epochs.
@@ -49,6 +52,7 @@ class SACNN(nn.Module):
   pool_stages: Sequence[int] = ()
   convs_per_stage: int | Sequence[int] = 1
   pool_position: Literal["end", "after_first_conv"] = "end"
+  pool_before_norm: bool = False
   residual: bool = False
   norm: Literal["none", "batch"] = "none"
   head: Literal["conv_gap", "gap_dense", "max_linear"] = "conv_gap"
@@ -83,6 +87,10 @@ class SACNN(nn.Module):
         shortcut = x if self.residual and x.shape[-1] == width else None
         x = nn.Conv(width, (3, 3), padding=1, use_bias=self.norm == "none",
                     dtype=self.dtype, name=f"conv{layer}", **self._conv_init(x.shape[-1]))(x)
+        pool_here = conv + 1 == pool_after and stage in self.pool_stages
+        if pool_here and self.pool_before_norm:
+          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+          shortcut = None if shortcut is None else nn.max_pool(shortcut, (2, 2), strides=(2, 2))
         if self.norm == "batch":
           x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, use_scale=self.bn_scale,
@@ -91,7 +99,7 @@ class SACNN(nn.Module):
         x = act(x)
         if shortcut is not None:
           x = x + shortcut
-        if conv + 1 == pool_after and stage in self.pool_stages:
+        if pool_here and not self.pool_before_norm:
           x = nn.max_pool(x, (2, 2), strides=(2, 2))
       if stage in self.attention_stages:
         x = SelfAttention2D(scale=self.attention_scale, attention_impl=self.attention_impl,

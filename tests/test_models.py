@@ -92,6 +92,37 @@ def test_sa_cnn_pool_after_first_conv_runs_later_convs_at_lower_resolution():
   assert shapes["conv1"] == (1, 8, 8, 8) and shapes["conv2"] == (1, 4, 4, 8)
 
 
+def test_sa_cnn_pool_before_norm_is_conv_pool_norm_activation():
+  """airbench's order: batch norm standardises the pooled conv output (its batch statistics are
+  the pooled map's), the activation follows; the default pools after the activation."""
+  def run(pool_before_norm):
+    model = models.get_model("sa_cnn", "tiny", widths=(8,), attention_stages=(), norm="batch",
+                             pool_stages=(0,), bn_scale=False, head="gap_dense",
+                             pool_before_norm=pool_before_norm)
+    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    _, state = model.apply(variables, x, train=True, capture_intermediates=True,
+                           mutable=["intermediates", "batch_stats"])
+    taps = {k: v["__call__"][0] for k, v in state["intermediates"].items() if k in ("conv1", "bn1")}
+    return variables, taps, state["batch_stats"]["bn1"]
+
+  variables, taps, stats = run(True)
+  pooled = nn.max_pool(taps["conv1"], (2, 2), strides=(2, 2))
+  mean, var = pooled.mean(axis=(0, 1, 2)), pooled.var(axis=(0, 1, 2))
+  expected = (pooled - mean) / jnp.sqrt(var + 1e-5) + variables["params"]["bn1"]["bias"]
+  assert taps["bn1"].shape == (4, 4, 4, 8)
+  np.testing.assert_allclose(taps["bn1"], expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)  # momentum 0.9
+  _, default_taps, _ = run(False)
+  assert default_taps["bn1"].shape == (4, 8, 8, 8)
+  # with the pool at a stage's end and a residual conv there, the shortcut is pooled too
+  model = models.get_model("sa_cnn", "tiny", widths=(8,), attention_stages=(), norm="batch",
+                           convs_per_stage=2, residual=True, pool_stages=(0,),
+                           head="gap_dense", pool_before_norm=True)
+  variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+  assert model.apply(variables, jnp.ones((1, 8, 8, 3))).shape == (1, 10)
+
+
 def test_sa_cnn_residual_shortcut_around_the_same_width_conv():
   """One stage of two convs: only the second (8 -> 8 channels) gets the shortcut. With that
   conv switched off (zero kernel, batch-norm bias -1: ReLU gives 0) the residual model's

@@ -215,7 +215,7 @@ TUNED_V2 = {  # what the tuned_v2 docstrings promise
 @pytest.mark.parametrize("model, recipe", [
     ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
     ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("sa_cnn", "tuned_v2_muon"),
-    ("vit", "tuned_v2")])
+    ("sa_cnn", "tuned_v3"), ("sa_cnn", "tuned_v3_noattn"), ("vit", "tuned_v2")])
 def test_recipe_resolves_to_documented_training(model, recipe):
   config = config_lib.resolve(model, recipe)
   documented = {
@@ -227,12 +227,16 @@ def test_recipe_resolves_to_documented_training(model, recipe):
                        batch_size=128, learning_rate=4e-3 if model == "sa_cnn" else 2e-3,
                        lookahead_every_steps=0),
       "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
-  }[recipe.removesuffix("_noattn").removesuffix("_muon")]
-  if recipe.endswith("_muon"):
+  }[recipe.removesuffix("_noattn").removesuffix("_muon").replace("tuned_v3", "tuned_v2")]
+  v3 = recipe.startswith("tuned_v3")
+  if recipe.endswith("_muon") or v3:
     documented.update(optimizer="muon", muon_learning_rate=0.24, muon_momentum=0.6)
+  assert config.model.get("pool_before_norm", False) == v3
+  if model == "sa_cnn" and recipe.startswith(("tuned_v2", "tuned_v3")):
+    assert config.model.attention_stages == (() if recipe.endswith("_noattn") else (0, 1))
   for key, value in documented.items():
     assert config[key] == value, key
-  v2 = recipe.startswith("tuned_v2")
+  v2 = recipe.startswith(("tuned_v2", "tuned_v3"))
   norm = "reference" if recipe == "seed" else "mean_std"
   assert config.augment.normalization == norm
   assert (config.augment.crop_padding, config.augment.flip, config.augment.alternating_flip) == (
@@ -270,11 +274,12 @@ def test_dirac_init_starts_convs_as_the_identity():
   assert float(jnp.abs(kernel[..., 4:]).sum()) > 0  # the others keep the base init
 
 
-def test_tuned_v2_sa_cnn_budget_attention_and_ablation():
+@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3"])
+def test_tuned_sa_cnn_budget_attention_and_ablation(recipe):
   """<= 550,000 parameters (frozen whitening filters included), two SAGAN layers, and the
   ablation within 2 % of its parameter count."""
-  with_attention = config_lib.resolve("sa_cnn", "tuned_v2", {"data.image_size": 32})
-  without = config_lib.resolve("sa_cnn", "tuned_v2_noattn", {"data.image_size": 32})
+  with_attention = config_lib.resolve("sa_cnn", recipe, {"data.image_size": 32})
+  without = config_lib.resolve("sa_cnn", f"{recipe}_noattn", {"data.image_size": 32})
   shapes = models.param_shapes(config_lib.build_model(with_attention), (32, 32, 3))
   count = models.count_params(shapes)
   ablation = models.count_params(models.param_shapes(config_lib.build_model(without), (32, 32, 3)))

@@ -48,12 +48,16 @@ def tuned_v2() -> ml_collections.ConfigDict:
   return config
 
 
-def tuned_v2_noattn() -> ml_collections.ConfigDict:
-  """The attention ablation: tuned_v2 without its two SAGAN layers, the last stage widened
-  112 -> 120 so the parameter count matches (541,848 against 541,674)."""
-  config = tuned_v2()
+def without_attention(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The attention ablation of a tuned_v2-shaped recipe: no SAGAN layers, the last stage
+  widened 112 -> 120 so the parameter count matches (541,848 against 541,674)."""
   config.model.attention_stages, config.model.widths = (), (64, 128, 120)
   return config
+
+
+def tuned_v2_noattn() -> ml_collections.ConfigDict:
+  """tuned_v2 without its two SAGAN layers (``without_attention``)."""
+  return without_attention(tuned_v2())
 
 
 def tuned_v2_muon() -> ml_collections.ConfigDict:
@@ -65,8 +69,22 @@ def tuned_v2_muon() -> ml_collections.ConfigDict:
   return config
 
 
+def tuned_v3() -> ml_collections.ConfigDict:
+  """A candidate: tuned_v2_muon with airbench's order in each stage's first conv, conv -> pool
+  -> batch norm -> GELU (``pool_before_norm``; tuned_v2 pools after the GELU). Same parameters."""
+  config = tuned_v2_muon()
+  config.model.pool_before_norm = True
+  return config
+
+
+def tuned_v3_noattn() -> ml_collections.ConfigDict:
+  """tuned_v3 without its two SAGAN layers (``without_attention``)."""
+  return without_attention(tuned_v3())
+
+
 RECIPES = {"seed": seed, "tuned_v1": tuned_v1, "tuned": tuned_v1, "tuned_v2": tuned_v2,
-           "tuned_v2_noattn": tuned_v2_noattn, "tuned_v2_muon": tuned_v2_muon}
+           "tuned_v2_noattn": tuned_v2_noattn, "tuned_v2_muon": tuned_v2_muon,
+           "tuned_v3": tuned_v3, "tuned_v3_noattn": tuned_v3_noattn}
 
 
 def get_config(recipe: str = "seed") -> ml_collections.ConfigDict:
