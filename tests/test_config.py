@@ -51,6 +51,10 @@ def test_every_recorded_config_json_still_reads():
     if not isinstance(content["model"], str):  # written in today's layout
       current = config_lib.flatten(config_lib.to_json(config))
       recorded = config_lib.flatten(content)
+      model_now, model_then = current.pop("model"), recorded.pop("model")
+      assert {k: model_now[k] for k in model_then} == model_then, path
+      module_defaults = models.hyperparameters(config.model_name)  # fields added since
+      assert all(model_now[k] == module_defaults[k] for k in set(model_now) - set(model_then))
       assert {k: current[k] for k in recorded} == recorded  # every recorded value kept
       added = set(current) - set(recorded)  # settings added since take their defaults
       defaults = config_lib.flatten(config_lib.to_json(config_lib.get_recipe(
