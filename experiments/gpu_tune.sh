@@ -3,9 +3,10 @@
 # recipes on 3 seeds each (twelve runs), side by side, from the source tree (installs nothing).
 #   sa_cnn tuned_v3          the candidate: tuned_v2_muon with conv -> pool -> BN -> GELU
 #   sa_cnn tuned_v3_noattn   the same recipe without its two SAGAN layers, widths matched (+-2 %)
-#   sa_cnn tuned_v2_muon     whitened, early-pooled SA-CNN, Muon on the filters, SGD-Nesterov for
-#                            the rest, lookahead, alternating flip, 6-view TTA (tuned_v2 + Muon)
+#                            (tuned_v2_muon: whitened, early-pooled SA-CNN, Muon on the filters,
+#                            SGD-Nesterov for the rest, lookahead, alternating flip, 6-view TTA)
 #   vit    tuned_v2      conv-token ViT with sequence pooling, the same augmentation, lookahead, TTA
+#   vit    tuned_v3      the same with airbench's convolution trunk as the tokenizer
 # Selection uses train[:45000] / train[45000:] only (the default split of the JPEG folder).
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
 # then the device call carries ".data". Without it every run uses synthetic data.
@@ -17,9 +18,9 @@ stamp "tuned recipes, 3 seeds each"
 for seed in 0 1 2; do
   train sa_cnn_v3_s$seed --model=sa_cnn --recipe=tuned_v3 --seed=$seed &
   train sa_cnn_v3_noattn_s$seed --model=sa_cnn --recipe=tuned_v3_noattn --seed=$seed &
-  train sa_cnn_v2_muon_s$seed --model=sa_cnn --recipe=tuned_v2_muon --seed=$seed &
   train vit_v2_s$seed --model=vit --recipe=tuned_v2 --seed=$seed &
+  train vit_v3_s$seed --model=vit --recipe=tuned_v3 --seed=$seed &
 done
-finish sa_cnn_v3_s0 vit_v2_s0
-$py -m jax_attn.report "$runs"/sa_cnn_v* "$runs"/vit_v2_* --out "$out/report" --images=1 \
+finish sa_cnn_v3_s0 vit_v3_s0
+$py -m jax_attn.report "$runs"/sa_cnn_v* "$runs"/vit_v* --out "$out/report" --images=1 \
   > /dev/null 2>&1 && stamp "report in $out/report"

@@ -119,6 +119,9 @@ def _check_model_keys(name: str, keys: Iterable[str], source: str) -> None:
 def _check_model(config: ml_collections.ConfigDict) -> None:
   """The model builds and initialises (abstractly) at the configured image size."""
   _check_model_keys(config.model_name, config.model.keys(), "config.model")
+  if config.model.get("head") == "none":
+    raise UserError("the sa_cnn head 'none' returns feature maps, not class logits (it serves "
+                    "the ViT's cnn tokenizer): use conv_gap, gap_dense or max_linear")
   size = config.image_size or config.data.image_size
   if size is None:
     return  # checked again once the data gives the size

@@ -18,6 +18,11 @@ from jax_attn.layers import Dense
 from jax_attn.whitening import PatchWhitening
 
 
+def _halve(x: jax.Array) -> jax.Array:
+  """The stages' 2x2 max-pool with stride 2: halves the height and the width."""
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class SACNN(nn.Module):
   """Convolutions with SAGAN self-attention, returning class logits.
 
@@ -34,7 +39,8 @@ class SACNN(nn.Module):
   so extra convs per stage add depth that still trains in few epochs.
   The head is either the reference's ``conv3x3(->classes) + ReLU + global average
   pool`` (``head='conv_gap'``), global average pool + Dense (``head='gap_dense'``) or global
-  max pool + Dense without bias, times ``head_scale`` (``head='max_linear'``, airbench's).
+  max pool + Dense without bias, times ``head_scale`` (``head='max_linear'``, airbench's);
+  ``head='none'`` returns the last feature map instead of logits (the ViT's ``cnn`` tokenizer).
 
   Fast-training options (airbench-style; the defaults leave the reference network):
   ``stem='whiten'`` puts a frozen 2x2 patch-whitening convolution (``whitening.py``) and the
@@ -55,7 +61,7 @@ class SACNN(nn.Module):
   pool_before_norm: bool = False
   residual: bool = False
   norm: Literal["none", "batch"] = "none"
-  head: Literal["conv_gap", "gap_dense", "max_linear"] = "conv_gap"
+  head: Literal["conv_gap", "gap_dense", "max_linear", "none"] = "conv_gap"
   head_scale: float = 1.0
   stem: Literal["none", "whiten"] = "none"
   activation: Literal["relu", "gelu"] = "relu"
@@ -89,8 +95,8 @@ class SACNN(nn.Module):
                     dtype=self.dtype, name=f"conv{layer}", **self._conv_init(x.shape[-1]))(x)
         pool_here = conv + 1 == pool_after and stage in self.pool_stages
         if pool_here and self.pool_before_norm:
-          x = nn.max_pool(x, (2, 2), strides=(2, 2))
-          shortcut = None if shortcut is None else nn.max_pool(shortcut, (2, 2), strides=(2, 2))
+          x = _halve(x)
+          shortcut = None if shortcut is None else _halve(shortcut)
         if self.norm == "batch":
           x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, use_scale=self.bn_scale,
@@ -100,11 +106,13 @@ class SACNN(nn.Module):
         if shortcut is not None:
           x = x + shortcut
         if pool_here and not self.pool_before_norm:
-          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+          x = _halve(x)
       if stage in self.attention_stages:
         x = SelfAttention2D(scale=self.attention_scale, attention_impl=self.attention_impl,
                             init_style=self.init_style, dtype=self.dtype,
                             name=f"sa{stage + 1}")(x)
+    if self.head == "none":
+      return x
     if self.head == "conv_gap":
       x = nn.Conv(self.num_classes, (3, 3), padding=1, dtype=self.dtype,
                   name=f"conv{layer + 1}", **layer_init(self.init_style, 9 * x.shape[-1]))(x)
@@ -132,7 +140,7 @@ class SACNN(nn.Module):
       if bad:
         raise ValueError(f"{name} {bad} are not stage indices 0..{len(self.widths) - 1}")
     if self.norm not in ("none", "batch") or self.head not in ("conv_gap", "gap_dense",
-                                                               "max_linear"):
+                                                               "max_linear", "none"):
       raise ValueError(f"unknown norm {self.norm!r} or head {self.head!r}")
     if self.stem not in ("none", "whiten") or self.activation not in ("relu", "gelu"):
       raise ValueError(f"unknown stem {self.stem!r} or activation {self.activation!r}")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax_attn.attention import AttentionImpl, MultiHeadSelfAttention, ScaleMode
 from jax_attn.initializers import InitStyle, layer_init
 from jax_attn.layers import Dense, Dropout, PatchEmbedding, last_block_queries
+from jax_attn.sa_cnn import SACNN
 
 # torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
 LAYER_NORM_EPSILON = 1e-5
@@ -24,15 +25,17 @@ LAYER_NORM_EPSILON = 1e-5
 class ViT(nn.Module):
   """ViT classifier; the defaults are the reference notebook's (497,930 parameters).
 
-  tokens (patches or a conv stem) -> prepend <class> -> + positions -> dropout ->
+  tokens (patches, a conv stem, or airbench's batch-normed convolution trunk: ``tokenizer``
+  ``patch`` / ``conv`` / ``cnn``) -> prepend <class> -> + positions -> dropout ->
   ``depth`` encoder blocks -> (final LayerNorm if pre-norm) -> pool -> Dense head. Pooling:
   the class token, the mean of the other tokens, or ``class_seq``: the class token beside a
   sequence pooling of the other tokens (CCT's learned softmax-weighted mean), concatenated. Returns logits (the reference returns log_softmax: same loss, same argmax).
   """
   num_classes: int = 10
-  tokenizer: Literal["patch", "conv"] = "patch"
+  tokenizer: Literal["patch", "conv", "cnn"] = "patch"
   patch_size: int = 16
   stem_widths: Sequence[int] = (64,)
+  stem_convs: int | Sequence[int] = 1
   hidden_dim: int = 128
   num_heads: int = 8
   mlp_dim: int = 256
@@ -57,6 +60,10 @@ class ViT(nn.Module):
     if self.tokenizer == "conv":
       x = ConvTokenizer(self.hidden_dim, self.stem_widths, init_style=self.init_style,
                         dtype=self.dtype, name="conv_tokenizer")(images)
+    elif self.tokenizer == "cnn":
+      x = CNNTokenizer(self.hidden_dim, self.stem_widths, self.stem_convs,
+                       batch_axis=self.batch_axis, init_style=self.init_style, dtype=self.dtype,
+                       name="cnn_tokenizer")(images, train=train)
     else:
       x = PatchEmbedding(self.hidden_dim, self.patch_size, init_style=self.init_style,
                          dtype=self.dtype, name="patch_embedding")(images)
@@ -91,10 +98,10 @@ class ViT(nn.Module):
     for name in ("num_classes", "patch_size", "hidden_dim", "num_heads", "mlp_dim", "depth"):
       if getattr(self, name) < 1:
         raise ValueError(f"ViT {name} must be positive, got {getattr(self, name)}")
-    if self.tokenizer not in ("patch", "conv"):
-      raise ValueError(f"unknown tokenizer {self.tokenizer!r}: use 'patch' or 'conv'")
+    if self.tokenizer not in ("patch", "conv", "cnn"):
+      raise ValueError(f"unknown tokenizer {self.tokenizer!r}: use 'patch', 'conv' or 'cnn'")
     stride = self.patch_size if self.tokenizer == "patch" else 2 ** (len(self.stem_widths) + 1)
-    if height % stride or width % stride:
+    if self.tokenizer != "cnn" and (height % stride or width % stride):
       raise ValueError(f"image size {height}x{width} is not divisible by the {self.tokenizer} "
                        f"tokenizer's stride {stride}")
     if self.hidden_dim % self.num_heads:
@@ -191,6 +198,34 @@ class ConvTokenizer(nn.Module):
       x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"conv{i + 1}",
                   **layer_init(self.init_style, 9 * x.shape[-1]))(x)
       x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    batch, height, width, dim = x.shape
+    return x.reshape(batch, height * width, dim)
+
+
+class CNNTokenizer(nn.Module):
+  """airbench's convolution trunk as tokens: the SA-CNN's stages (``sa_cnn.SACNN`` with
+  ``head='none'``, no attention) with the tuned_v2 SA-CNN's fast-training choices: a frozen
+  2x2 patch-whitening stem, then per width in ``stem_widths + (hidden_dim,)`` ``stem_convs``
+  3x3 convs (one count, or one per stage; dirac-initialised), the first followed by a 2x2
+  max-pool, each by batch norm without scale (momentum 0.6) and GELU. A 32x32 image gives
+  7x7 tokens. Batch norm and whitening give the tokens the well-conditioned local features
+  that let a CNN learn CIFAR-10 in a few epochs; the transformer blocks then mix them."""
+  hidden_dim: int
+  stem_widths: Sequence[int] = (64,)
+  stem_convs: int | Sequence[int] = 1
+  batch_axis: str | None = None
+  init_style: InitStyle = "torch"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    widths = tuple(self.stem_widths) + (self.hidden_dim,)
+    x = SACNN(widths=widths, convs_per_stage=self.stem_convs, attention_stages=(),
+              pool_stages=tuple(range(len(widths))), pool_position="after_first_conv",
+              pool_before_norm=True, norm="batch", bn_scale=False, bn_momentum=0.6,
+              bn_epsilon=1e-12, activation="gelu", dirac_init=True, stem="whiten", head="none",
+              batch_axis=self.batch_axis, init_style=self.init_style, dtype=self.dtype,
+              name="trunk")(images, train=train)
     batch, height, width, dim = x.shape
     return x.reshape(batch, height * width, dim)
 

@@ -86,6 +86,10 @@ def test_overrides_are_type_checked_and_validated():
     config_lib.resolve("vit", "seed", {"model.num_heads": 3, "data.image_size": 32})
   with pytest.raises(UserError, match="--recipe=best is unknown for vit"):
     config_lib.resolve("vit", "best")
+  with pytest.raises(UserError, match="head 'none' returns feature maps, not class logits"):
+    config_lib.resolve("sa_cnn", "tuned_v2", {"model.head": "none"})
+  with pytest.raises(UserError, match="unknown tokenizer 'cnns'"):
+    config_lib.resolve("vit", "tuned_v3", {"model.tokenizer": "cnns", "data.image_size": 32})
 
 
 def test_every_setting_flag_is_defined_and_documented():

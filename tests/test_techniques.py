@@ -215,7 +215,8 @@ TUNED_V2 = {  # what the tuned_v2 docstrings promise
 @pytest.mark.parametrize("model, recipe", [
     ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
     ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("sa_cnn", "tuned_v2_muon"),
-    ("sa_cnn", "tuned_v3"), ("sa_cnn", "tuned_v3_noattn"), ("vit", "tuned_v2")])
+    ("sa_cnn", "tuned_v3"), ("sa_cnn", "tuned_v3_noattn"), ("vit", "tuned_v2"),
+    ("vit", "tuned_v3")])
 def test_recipe_resolves_to_documented_training(model, recipe):
   config = config_lib.resolve(model, recipe)
   documented = {
@@ -228,10 +229,12 @@ def test_recipe_resolves_to_documented_training(model, recipe):
                        lookahead_every_steps=0),
       "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
   }[recipe.removesuffix("_noattn").removesuffix("_muon").replace("tuned_v3", "tuned_v2")]
-  v3 = recipe.startswith("tuned_v3")
+  v3 = model == "sa_cnn" and recipe.startswith("tuned_v3")  # the ViT's changes its tokenizer
   if recipe.endswith("_muon") or v3:
     documented.update(optimizer="muon", muon_learning_rate=0.24, muon_momentum=0.6)
   assert config.model.get("pool_before_norm", False) == v3
+  if model == "vit":
+    assert config.model.tokenizer == {"seed": "patch", "tuned_v3": "cnn"}.get(recipe, "conv")
   if model == "sa_cnn" and recipe.startswith(("tuned_v2", "tuned_v3")):
     assert config.model.attention_stages == (() if recipe.endswith("_noattn") else (0, 1))
   for key, value in documented.items():
@@ -297,23 +300,33 @@ def test_tuned_sa_cnn_budget_attention_and_ablation(recipe):
   assert [w.shape for w in weights] == [(2, 225, 225), (2, 49, 49)]  # attention at 15x15 and 7x7
 
 
-@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v2_muon"])
-def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, recipe):
-  """A short tuned_v2 run on synthetic data (SGD, and Muon on the filters): the stem's
-  filters are the whitening of the training images and do not change."""
+@pytest.mark.parametrize("model, recipe", [("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_muon"),
+                                           ("vit", "tuned_v3")])
+def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, model, recipe):
+  """A short run on synthetic data (SGD, Muon on the filters, and the ViT's AdamW with its
+  ``cnn`` tokenizer): the stem's filters are the whitening of the training images and do not
+  change."""
   from jax_attn import data, trainer
-  config = config_lib.resolve("sa_cnn", recipe, {
+  small = ({"model.widths": (8, 16, 16)} if model == "sa_cnn" else
+           {"model.stem_widths": (8,), "model.hidden_dim": 16, "model.num_heads": 2,
+            "model.mlp_dim": 16, "model.depth": 1,
+            "lookahead_every_steps": 4})  # (at 40, this 16-step run would end on its start)
+  config = config_lib.resolve(model, recipe, {
       "data.synthetic": True, "data.synthetic_size": 256, "data.image_size": 16,
-      "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4,
-      "model.widths": (8, 16, 16)})
+      "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4, **small})
   trainer.train_and_evaluate(config, tmp_path)
   import orbax.checkpoint as ocp
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
   state = manager.restore(manager.latest_step())["state"]
   split = data.make_source(config.data).load("train")
   images = np.asarray(augment.normalize(split.images[:5000], "mean_std"))
-  np.testing.assert_allclose(state["params"]["stem"]["whiten"]["kernel"],
+  params = state["params"] if model == "sa_cnn" else state["params"]["cnn_tokenizer"]["trunk"]
+  np.testing.assert_allclose(params["stem"]["whiten"]["kernel"],
                              whitening.whitening_kernel(images), rtol=1e-4, atol=1e-5)
+  if model == "vit":  # the tokenizer's batch norms kept running statistics
+    stats = state["batch_stats"]["cnn_tokenizer"]["trunk"]
+    assert sorted(stats) == ["bn1", "bn2", "bn3"]
+    assert float(np.abs(stats["bn1"]["mean"]).sum()) > 0
   if recipe == "tuned_v2_muon":  # every other conv kernel ends at Frobenius norm sqrt(out)
     kernels = [v["kernel"] for k, v in state["params"].items() if k.startswith("conv")]
     assert len(kernels) == 6 and all(np.isfinite(k).all() for k in kernels)
@@ -321,14 +334,22 @@ def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, recipe):
       assert np.linalg.norm(k) == pytest.approx(np.sqrt(k.shape[-1]), rel=0.05)
 
 
-def test_tuned_v2_vit_is_a_vit_with_sequence_pooling_beside_the_class_token():
-  config = config_lib.resolve("vit", "tuned_v2", {"data.image_size": 32})
+@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3"])
+def test_tuned_vit_is_a_vit_with_sequence_pooling_beside_the_class_token(recipe):
+  config = config_lib.resolve("vit", recipe, {"data.image_size": 32})
   model = config_lib.build_model(config)
   shapes = models.param_shapes(model, (32, 32, 3))
   count = models.count_params(shapes)
   encoder = sum(models.count_params(v) for k, v in shapes.items() if k.startswith("encoder_block"))
   assert count <= 550_000 and encoder / count >= 0.5 and "class_token" in shapes
   assert shapes["head"]["kernel"].shape == (2 * 128, 10)  # class token beside the pooled tokens
+  if recipe == "tuned_v3":  # airbench's trunk: whitening, 3 convs, BN without scale, 7x7 tokens
+    trunk = shapes["cnn_tokenizer"]["trunk"]
+    assert trunk["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
+    assert [trunk[f"conv{i}"]["kernel"].shape for i in (1, 2, 3)] == [
+        (3, 3, 24, 64), (3, 3, 64, 64), (3, 3, 64, 128)]
+    assert [sorted(trunk[f"bn{i}"]) for i in (1, 2, 3)] == [["bias"]] * 3
+    assert shapes["pos_embedding"]["pos_embedding"].shape == (1, 7 * 7 + 1, 128)
   from jax_attn.vit import SequencePool
   tokens = jax.random.normal(jax.random.key(0), (2, 5, 4))
   pool = SequencePool()
