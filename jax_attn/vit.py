@@ -48,7 +48,8 @@ class ViT(nn.Module):
   token_init_std: float = 1.0
   attention_impl: AttentionImpl = "einsum"
   # The mapped axis the global batch is split over (pmap / shard_map), when it is: dropout
-  # masks are then the global batch's, the same on any number of devices.
+  # masks and the cnn tokenizer's batch statistics are then the global batch's, the same on
+  # any number of devices.
   batch_axis: str | None = None
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
@@ -104,6 +105,14 @@ class ViT(nn.Module):
     if self.tokenizer != "cnn" and (height % stride or width % stride):
       raise ValueError(f"image size {height}x{width} is not divisible by the {self.tokenizer} "
                        f"tokenizer's stride {stride}")
+    if self.tokenizer == "cnn":  # 2x2 valid whitening, then a 2x2 pool per stage
+      stages = len(self.stem_widths) + 1
+      if not isinstance(self.stem_convs, int) and len(self.stem_convs) != stages:
+        raise ValueError(f"stem_convs {tuple(self.stem_convs)} needs one count per cnn tokenizer "
+                         f"stage ({stages}: stem_widths + hidden_dim)")
+      if min(height, width) - 1 < 2 ** stages:
+        raise ValueError(f"image size {height}x{width} leaves no tokens after the cnn "
+                         f"tokenizer's {stages} pools: use fewer stem_widths")
     if self.hidden_dim % self.num_heads:
       raise ValueError(
           f"num_heads={self.num_heads} does not divide hidden_dim={self.hidden_dim}")
@@ -207,7 +216,8 @@ class CNNTokenizer(nn.Module):
   ``head='none'``, no attention) with the tuned_v2 SA-CNN's fast-training choices: a frozen
   2x2 patch-whitening stem, then per width in ``stem_widths + (hidden_dim,)`` ``stem_convs``
   3x3 convs (one count, or one per stage; dirac-initialised), the first followed by a 2x2
-  max-pool, each by batch norm without scale (momentum 0.6) and GELU. A 32x32 image gives
+  max-pool, each by batch norm without scale (each step keeps 0.6 of the running statistics,
+  as airbench's torch momentum 0.4 does) and GELU. A 32x32 image gives
   7x7 tokens. Batch norm and whitening give the tokens the well-conditioned local features
   that let a CNN learn CIFAR-10 in a few epochs; the transformer blocks then mix them."""
   hidden_dim: int

@@ -90,6 +90,10 @@ def test_overrides_are_type_checked_and_validated():
     config_lib.resolve("sa_cnn", "tuned_v2", {"model.head": "none"})
   with pytest.raises(UserError, match="unknown tokenizer 'cnns'"):
     config_lib.resolve("vit", "tuned_v3", {"model.tokenizer": "cnns", "data.image_size": 32})
+  with pytest.raises(UserError, match=r"stem_convs \(2, 1, 1\) needs one count per cnn"):
+    config_lib.resolve("vit", "tuned_v3", {"model.stem_convs": (2, 1, 1), "data.image_size": 32})
+  with pytest.raises(UserError, match="image size 4x4 leaves no tokens after the cnn"):
+    config_lib.resolve("vit", "tuned_v3", {"data.image_size": 4})
 
 
 def test_every_setting_flag_is_defined_and_documented():

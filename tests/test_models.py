@@ -254,11 +254,14 @@ def test_vit_conv_tokenizer():
 def test_sa_cnn_without_head_returns_the_feature_map_its_head_reads():
   """``head='none'`` (the ViT's ``cnn`` tokenizer) stops before the head: tuned_v2's
   max-linear head of that map gives the full model's logits."""
+  from jax_attn.whitening import set_whitening
   model = models.get_model("sa_cnn", "tuned_v2")
   variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
-  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  variables = {**variables, "params": set_whitening(variables["params"], np.asarray(images))}
   features = model.clone(head="none").apply(variables, images)
-  assert features.shape == (2, 3, 3, 112)  # 32 -> 31 (whitening) -> 15 -> 7 -> 3
+  assert features.shape == (8, 3, 3, 112)  # 32 -> 31 (whitening) -> 15 -> 7 -> 3
+  assert float(jnp.max(jnp.abs(features))) > 0.1  # (with zero whitening filters all is 0)
   head = variables["params"]["head"]["kernel"]
   np.testing.assert_allclose(model.apply(variables, images),
                              jnp.max(features, axis=(1, 2)) @ head / 9, rtol=1e-5, atol=1e-6)

@@ -14,11 +14,14 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from jax_attn import augment, config as config_lib, data, input_pipeline, models, optim
+    from jax_attn import whitening
     from jax_attn.parallel import Parallel
-    from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body
+    from jax_attn.train import create_state, evaluate, make_eval_body, make_train_body, with_params
 
     name = sys.argv[1]
-    overrides = {"vit": {"dropout_rate": 0.0}, "sa_cnn_bn": {"norm": "batch"},
+    # vit_cnn: the ViT's cnn tokenizer (batch norm, whitening) on 9 tokens, without dropout
+    overrides = {"vit_cnn": {"dropout_rate": 0.0, "tokenizer": "cnn", "stem_widths": ()},
+                 "sa_cnn_bn": {"norm": "batch"},
                  "vit_dropout": {"dropout_rate": 0.1, "attention_dropout_rate": 0.1}}.get(name, {})
     model = models.get_model("vit" if name.startswith("vit") else "sa_cnn", "tiny", **overrides)
     split = data.SyntheticSource(640, 8).load("train")
@@ -27,12 +30,14 @@ SCRIPT = textwrap.dedent("""
     # it), so Adam turns the rounding noise of different summation orders into lr-sized steps.
     tx = optim.make_optimizer("sgd", optim.make_schedule("constant", 0.05, 20))
     host_state = jax.device_get(create_state(model, tx, 0, (8, 8, 3)))
+    host_state = jax.device_get(with_params(host_state, whitening.set_whitening(  # as the trainer
+        host_state.params, np.asarray(augment.normalize(split.images, "reference")))))
     params, evals = {}, {}
     eval_split = data.SyntheticSource(640, 8).load("test")  # 128 examples: padded batches
     for mode in ("none", "pmap", "shard_map"):
       par = Parallel.create(mode, 32)
       # batch norm over the global batch when it is split (as the trainer builds it)
-      net = model.clone(batch_axis="batch") if name.endswith(("_bn", "_dropout")) and mode != "none" else model
+      net = model.clone(batch_axis="batch") if name.endswith(("_bn", "_dropout", "_cnn")) and mode != "none" else model
       step = par.wrap(make_train_body(net, tx, aug, 0.1), donate_state=True)
       state = par.replicate(host_state)
       for batch in input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=32):
@@ -49,7 +54,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["sa_cnn", "vit", "sa_cnn_bn", "vit_dropout"])
+@pytest.mark.parametrize("name", ["sa_cnn", "vit_cnn", "sa_cnn_bn", "vit_dropout"])
 def test_pmap_and_shard_map_match_single_device(name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT, name], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""SA-CNN recipes: ``get_config("seed" | "tuned" | "tuned_v1")``.
+"""SA-CNN recipes: ``get_config(name)`` for a name in ``RECIPES`` (seed, tuned = tuned_v1, ...).
 
     python -m jax_attn.main --config=jax_attn/configs/sa_cnn.py:tuned --config.batch_size=256
 

@@ -1,4 +1,4 @@
-"""ViT recipes: ``get_config("seed" | "tuned" | "tuned_v1")``.
+"""ViT recipes: ``get_config(name)`` for a name in ``RECIPES`` (seed, tuned = tuned_v1, ...).
 
     python -m jax_attn.main --config=jax_attn/configs/vit.py:tuned --config.model.depth=6
 
