@@ -65,11 +65,13 @@ def _batch_and_lr(config: Any) -> str:
   return f"{config['batch_size']}, {config['learning_rate']:g}"
 
 
-def _accuracy(summary: dict[str, Any]) -> str:
-  """Eval accuracy; with flip test-time augmentation, says so and gives the plain figure."""
+def _accuracy(summary: dict[str, Any], config: Any) -> str:
+  """Eval accuracy; with test-time augmentation, names its views and gives the plain figure."""
   text = _fmt(summary.get("eval_accuracy"), ".2%")
   if summary.get("eval_accuracy_no_flip") is not None:
-    text += f" (flip TTA; {summary['eval_accuracy_no_flip']:.2%} without)"
+    shift = config.get("eval_translate", 0)  # views: unmoved and moved by +-shift px, mirrored
+    views = (2 if config.get("eval_flip") else 1) * (3 if shift else 1)
+    text += f" ({f'{views}-view' if shift else 'flip'} TTA; {summary['eval_accuracy_no_flip']:.2%} without)"
   return text
 
 
@@ -88,7 +90,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         f"| {run['label']} | {run['config'].model_name} | {run['config'].recipe} | "
         f"{architecture(run['config'])} | {_batch_and_lr(run['config'])} | "
         f"{_fmt(s.get('params'), ',')} | {_fmt(s.get('epochs'), '.3g')} | "
-        f"{_accuracy(s)} | {_fmt(s.get('eval_loss'), '.4f')} | "
+        f"{_accuracy(s, run['config'])} | {_fmt(s.get('eval_loss'), '.4f')} | "
         f"{s.get('eval_split', 'not run')} | {_fmt(s.get('train_wall_s'), ',.0f')} | "
         f"{_fmt(s.get('train_images_per_sec'), ',.0f')} | "
         f"{_device(s)} |")

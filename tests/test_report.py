@@ -93,3 +93,13 @@ def test_attention_ablation_pairs_a_recipe_with_its_attention_free_twin():
   assert "attention helps (beyond 2 standard errors" in comparisons.attention_ablation(apart)
   other_rate = [run("tuned_v2", 0, 0.9), run("tuned_v2_noattn", 0, 0.8, learning_rate=1.0)]
   assert comparisons.attention_ablation(other_rate) == ""  # another recipe: no pair
+
+
+def test_accuracy_names_the_test_time_views():
+  from jax_attn import report
+  summary = {"eval_accuracy": 0.9, "eval_accuracy_no_flip": 0.88}
+  assert report._accuracy(summary, {"eval_flip": True, "eval_translate": 1}) == (
+      "90.00% (6-view TTA; 88.00% without)")
+  assert report._accuracy(summary, {"eval_flip": True, "eval_translate": 0}) == (
+      "90.00% (flip TTA; 88.00% without)")
+  assert report._accuracy({"eval_accuracy": 0.9}, {"eval_flip": False}) == "90.00%"
