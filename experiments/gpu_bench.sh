@@ -30,14 +30,14 @@ while kill -0 $seed_pid 2>/dev/null && [ $SECONDS -lt $(( budget * 5 / 9 )) ]; d
 
 # C. Tuned recipes and one-factor variants (selection on train[:90%] / train[90%:] only).
 stamp "C: tuned runs"
-train sa_cnn_tuned --model=sa_cnn --recipe=tuned &
-train sa_cnn_tuned_wide --model=sa_cnn --recipe=tuned "--model_arg=widths=(64,128,192)" \
+train sa_cnn_tuned --model=sa_cnn --recipe=tuned_v1 &
+train sa_cnn_tuned_wide --model=sa_cnn --recipe=tuned_v1 "--model_arg=widths=(64,128,192)" \
   "--model_arg=convs_per_stage=(2,2,1)" &
-train sa_cnn_tuned_b128 --model=sa_cnn --recipe=tuned --batch_size=128 --learning_rate=2e-3 &
-train sa_cnn_tuned_lr8e-3 --model=sa_cnn --recipe=tuned --learning_rate=8e-3 &
-train sa_cnn_tuned_wd5e-3 --model=sa_cnn --recipe=tuned --weight_decay=5e-3 &
-train sa_cnn_tuned_ls0 --model=sa_cnn --recipe=tuned --label_smoothing=0 &
+train sa_cnn_tuned_b128 --model=sa_cnn --recipe=tuned_v1 --batch_size=128 --learning_rate=2e-3 &
+train sa_cnn_tuned_lr8e-3 --model=sa_cnn --recipe=tuned_v1 --learning_rate=8e-3 &
+train sa_cnn_tuned_wd5e-3 --model=sa_cnn --recipe=tuned_v1 --weight_decay=5e-3 &
+train sa_cnn_tuned_ls0 --model=sa_cnn --recipe=tuned_v1 --label_smoothing=0 &
 train sa_cnn_seed_bf16 --model=sa_cnn --recipe=seed --dtype=bfloat16 &
-train vit_tuned --model=vit --recipe=tuned &
-train vit_tuned_lr3e-3 --model=vit --recipe=tuned --learning_rate=3e-3 &
+train vit_tuned --model=vit --recipe=tuned_v1 &
+train vit_tuned_lr3e-3 --model=vit --recipe=tuned_v1 --learning_rate=3e-3 &
 finish sa_cnn_seed sa_cnn_seed_bf16 sa_cnn_tuned sa_cnn_tuned_wide vit_tuned

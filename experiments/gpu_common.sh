@@ -12,12 +12,14 @@ py="${PYTHON:-python3}"
 left() { local l=$(( budget - SECONDS )); echo $(( l > 1 ? l : 1 )); }  # timeout 0 = none
 stamp() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-# Tiny settings to rehearse a script on a CPU (SMOKE=1): same commands, a few steps each, on
-# synthetic data. A rehearsal leaves the archive packed: 46 MB of extracted images in .data would
-# no longer fit the 64 MiB that a device call carries.
+# Settings to rehearse a script on a CPU (SMOKE=1): same commands and the recipes' own
+# architectures (whitening, the ViT's cnn tokenizer, attention layers), a few small steps each on
+# 16 px synthetic images, so that twelve runs fit 2 CPU cores. A rehearsal leaves the archive
+# packed: 46 MB of extracted images in .data would no longer fit the 64 MiB a device call carries.
 smoke=""; data="--synthetic --synthetic_size=1024"
 if [ -n "${SMOKE:-}" ]; then
-  smoke="--max_steps=3 --preset=tiny --batch_size=64"  # small steps: nine runs share 2 CPU cores
+  data="--synthetic --synthetic_size=500"
+  smoke="--max_steps=3 --image_size=16 --batch_size=50"
 else
   if [ -f .data/cifar10-jpeg.tgz ] && [ ! -d .data/cifar10-jpeg/train ]; then
     tar xzf .data/cifar10-jpeg.tgz -C .data

@@ -15,9 +15,9 @@ train bf16_nan_fused $seed_sa_cnn $steps --dtype=bfloat16 --attention_impl=fused
 train bf16_nan_chunked $seed_sa_cnn $steps --dtype=bfloat16 --attention_impl=chunked &
 train bf16_nan_clip $seed_sa_cnn $steps --dtype=bfloat16 --grad_clip_norm=1.0 &
 
-train sa_cnn_tuned_seed1 --model=sa_cnn --recipe=tuned --seed=1 &
-train sa_cnn_tuned_lr8e-3_seed1 --model=sa_cnn --recipe=tuned --learning_rate=8e-3 --seed=1 &
-train sa_cnn_tuned_b128_lr4e-3 --model=sa_cnn --recipe=tuned --batch_size=128 --learning_rate=4e-3 &
-train sa_cnn_tuned_lr1.2e-2 --model=sa_cnn --recipe=tuned --learning_rate=1.2e-2 &
-train vit_tuned_b256_lr4e-3 --model=vit --recipe=tuned --batch_size=256 --learning_rate=4e-3 &
+train sa_cnn_tuned_seed1 --model=sa_cnn --recipe=tuned_v1 --seed=1 &
+train sa_cnn_tuned_lr8e-3_seed1 --model=sa_cnn --recipe=tuned_v1 --learning_rate=8e-3 --seed=1 &
+train sa_cnn_tuned_b128_lr4e-3 --model=sa_cnn --recipe=tuned_v1 --batch_size=128 --learning_rate=4e-3 &
+train sa_cnn_tuned_lr1.2e-2 --model=sa_cnn --recipe=tuned_v1 --learning_rate=1.2e-2 &
+train vit_tuned_b256_lr4e-3 --model=vit --recipe=tuned_v1 --batch_size=256 --learning_rate=4e-3 &
 finish sa_cnn_tuned_lr8e-3_seed1 sa_cnn_tuned_b128_lr4e-3 sa_cnn_tuned_lr1.2e-2

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_attn.sa_cnn import SACNN
+from jax_attn.sa_cnn import AIRBENCH_TRUNK, SACNN
 from jax_attn.vit import ViT
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"sa_cnn": SACNN, "vit": ViT}
@@ -27,10 +27,8 @@ PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
         # airbench-style (whitened 2x2 stem -> 31 px; per stage conv, pool, conv; GELU, BN
         # without scale, dirac init; max-pool + linear/9 head), SAGAN attention at 15x15 (64
         # channels) and 7x7 (128): 541,674 parameters with the frozen whitening filters.
-        "tuned_v2": {"widths": (64, 128, 112), "convs_per_stage": 2, "pool_stages": (0, 1, 2),
-                     "pool_position": "after_first_conv", "attention_stages": (0, 1),
-                     "norm": "batch", "bn_scale": False, "bn_momentum": 0.6, "bn_epsilon": 1e-12,
-                     "activation": "gelu", "dirac_init": True, "stem": "whiten",
+        "tuned_v2": {**AIRBENCH_TRUNK, "widths": (64, 128, 112), "convs_per_stage": 2,
+                     "pool_stages": (0, 1, 2), "attention_stages": (0, 1),
                      "head": "max_linear", "head_scale": 1 / 9, "attention_scale": "inv_sqrt_dim"},
     },
     "vit": {

@@ -18,6 +18,14 @@ from jax_attn.layers import Dense
 from jax_attn.whitening import PatchWhitening
 
 
+# airbench's fast-training trunk: whitened 2x2 stem, per stage conv -> 2x2 pool -> more convs,
+# batch norm without scale keeping 0.6 of its statistics each step (torch momentum 0.4), GELU,
+# dirac init. The tuned_v2 SA-CNN preset and the ViT's ``cnn`` tokenizer are both built on it.
+AIRBENCH_TRUNK = {"pool_position": "after_first_conv", "norm": "batch", "bn_scale": False,
+                  "bn_momentum": 0.6, "bn_epsilon": 1e-12, "activation": "gelu",
+                  "dirac_init": True, "stem": "whiten"}
+
+
 def _halve(x: jax.Array) -> jax.Array:
   """The stages' 2x2 max-pool with stride 2: halves the height and the width."""
   return nn.max_pool(x, (2, 2), strides=(2, 2))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax_attn.attention import AttentionImpl, MultiHeadSelfAttention, ScaleMode
 from jax_attn.initializers import InitStyle, layer_init
 from jax_attn.layers import Dense, Dropout, PatchEmbedding, last_block_queries
-from jax_attn.sa_cnn import SACNN
+from jax_attn.sa_cnn import AIRBENCH_TRUNK, SACNN
 
 # torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
 LAYER_NORM_EPSILON = 1e-5
@@ -29,7 +29,10 @@ class ViT(nn.Module):
   ``patch`` / ``conv`` / ``cnn``) -> prepend <class> -> + positions -> dropout ->
   ``depth`` encoder blocks -> (final LayerNorm if pre-norm) -> pool -> Dense head. Pooling:
   the class token, the mean of the other tokens, or ``class_seq``: the class token beside a
-  sequence pooling of the other tokens (CCT's learned softmax-weighted mean), concatenated. Returns logits (the reference returns log_softmax: same loss, same argmax).
+  sequence pooling of the other tokens (CCT's learned softmax-weighted mean), concatenated.
+  ``local_kernel=k`` adds a depth-wise k x k convolution of the token grid beside each block's
+  attention (``LocalMixing``). Returns logits (the reference returns log_softmax: same loss,
+  same argmax).
   """
   num_classes: int = 10
   tokenizer: Literal["patch", "conv", "cnn"] = "patch"
@@ -46,6 +49,7 @@ class ViT(nn.Module):
   norm_position: Literal["post", "pre"] = "post"
   pooling: Literal["class", "mean", "class_seq"] = "class"
   token_init_std: float = 1.0
+  local_kernel: int = 0
   attention_impl: AttentionImpl = "einsum"
   # The mapped axis the global batch is split over (pmap / shard_map), when it is: dropout
   # masks and the cnn tokenizer's batch statistics are then the global batch's, the same on
@@ -58,16 +62,20 @@ class ViT(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     chex.assert_rank(images, 4)
     self._check(*images.shape[1:3])
-    if self.tokenizer == "conv":
-      x = ConvTokenizer(self.hidden_dim, self.stem_widths, init_style=self.init_style,
-                        dtype=self.dtype, name="conv_tokenizer")(images)
-    elif self.tokenizer == "cnn":
-      x = CNNTokenizer(self.hidden_dim, self.stem_widths, self.stem_convs,
-                       batch_axis=self.batch_axis, init_style=self.init_style, dtype=self.dtype,
-                       name="cnn_tokenizer")(images, train=train)
-    else:
+    if self.tokenizer == "patch":
       x = PatchEmbedding(self.hidden_dim, self.patch_size, init_style=self.init_style,
                          dtype=self.dtype, name="patch_embedding")(images)
+      grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+    else:
+      if self.tokenizer == "conv":
+        token_map = ConvTokenizer(self.hidden_dim, self.stem_widths, init_style=self.init_style,
+                                  dtype=self.dtype, name="conv_tokenizer")(images)
+      else:
+        token_map = CNNTokenizer(self.hidden_dim, self.stem_widths, self.stem_convs,
+                                 batch_axis=self.batch_axis, init_style=self.init_style,
+                                 dtype=self.dtype, name="cnn_tokenizer")(images, train=train)
+      grid = token_map.shape[1:3]
+      x = token_map.reshape(token_map.shape[0], -1, self.hidden_dim)
     x = AddClassToken(self.token_init_std, name="class_token")(x)
     x = AddPositionEmbs(self.token_init_std, name="pos_embedding")(x)
     x = Dropout(self.dropout_rate, deterministic=not train, batch_axis=self.batch_axis)(x)
@@ -79,9 +87,10 @@ class ViT(nn.Module):
           self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate,
           attention_scale=self.attention_scale, norm_position=self.norm_position,
-          attention_impl=self.attention_impl, batch_axis=self.batch_axis,
-          init_style=self.init_style, dtype=self.dtype, name=f"encoder_block{i}")(
-              x, train=train, num_queries=last_queries if i == self.depth - 1 else None)
+          local_kernel=self.local_kernel, attention_impl=self.attention_impl,
+          batch_axis=self.batch_axis, init_style=self.init_style, dtype=self.dtype,
+          name=f"encoder_block{i}")(
+              x, grid, train=train, num_queries=last_queries if i == self.depth - 1 else None)
     if self.norm_position == "pre":
       x = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="encoder_norm")(x)
     if self.pooling == "class":
@@ -113,6 +122,8 @@ class ViT(nn.Module):
       if min(height, width) - 1 < 2 ** stages:
         raise ValueError(f"image size {height}x{width} leaves no tokens after the cnn "
                          f"tokenizer's {stages} pools: use fewer stem_widths")
+    if self.local_kernel < 0 or self.local_kernel % 2 == 0 and self.local_kernel:
+      raise ValueError(f"local_kernel must be 0 (off) or an odd size, got {self.local_kernel}")
     if self.hidden_dim % self.num_heads:
       raise ValueError(
           f"num_heads={self.num_heads} does not divide hidden_dim={self.hidden_dim}")
@@ -139,6 +150,8 @@ class Encoder1DBlock(nn.Module):
 
   post: ``x = LN(x + drop(MHSA(x))); x = LN(x + drop(MLP(x)))``
   pre:  ``x = x + drop(MHSA(LN(x))); x = x + drop(MLP(LN(x)))``
+  With ``local_kernel`` the attention's term becomes ``drop(MHSA(a)) + LocalMixing(a)`` of
+  the same input ``a``: global mixing by attention beside local mixing on the token grid.
   """
   num_heads: int
   mlp_dim: int
@@ -146,14 +159,15 @@ class Encoder1DBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   attention_scale: ScaleMode = "inv_dim"
   norm_position: Literal["post", "pre"] = "post"
+  local_kernel: int = 0
   attention_impl: AttentionImpl = "einsum"
   batch_axis: str | None = None
   init_style: InitStyle = "torch"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False, num_queries: int | None = None
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, grid: tuple[int, int], *, train: bool = False,
+               num_queries: int | None = None) -> jax.Array:
     """``[batch, length, dim]`` -> the same shape, or with ``num_queries`` (see
     ``layers.last_block_queries``) the first ``num_queries`` tokens' outputs alone, computed
     without the other tokens' queries and MLPs; dropout masks are the full computation's."""
@@ -167,13 +181,39 @@ class Encoder1DBlock(nn.Module):
     mlp = MlpBlock(self.mlp_dim, init_style=self.init_style, dtype=self.dtype, name="mlp")
     dropout = Dropout(self.dropout_rate, deterministic=not train, batch_axis=self.batch_axis)
     drop = lambda y: dropout(y, full_shape=x.shape)  # noqa: E731
-    attend = lambda y: attention(y, deterministic=not train, num_queries=num_queries)  # noqa: E731
     residual = x[:, :num_queries]  # all tokens when num_queries is None
+
+    def attend(a):
+      mixed = drop(attention(a, deterministic=not train, num_queries=num_queries))
+      if not self.local_kernel or num_queries == 1:  # the class token has no local term
+        return mixed
+      return mixed + LocalMixing(self.local_kernel, self.dtype, name="local")(a, grid)[:, :num_queries]
+
     if self.norm_position == "pre":
-      y = residual + drop(attend(norm1(x)))
+      y = residual + attend(norm1(x))
       return y + drop(mlp(norm2(y)))
-    y = norm1(residual + drop(attend(x)))
+    y = norm1(residual + attend(x))
     return norm2(y + drop(mlp(y)))
+
+
+class LocalMixing(nn.Module):
+  """A depth-wise ``k x k`` convolution of the tokens laid out on their ``grid`` (the class
+  token, first, gets zero), zero-initialised: a block starts as it would without it. Adds the
+  locality that lets a small ViT learn from little data (LocalViT; DW-ViT, arXiv 2407.19394)
+  for 10 weights per channel."""
+  kernel_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    batch, length, dim = tokens.shape
+    (height, width), first = grid, length - grid[0] * grid[1]
+    token_map = tokens[:, first:].reshape(batch, height, width, dim)
+    k = self.kernel_size
+    mixed = nn.Conv(dim, (k, k), padding="SAME", feature_group_count=dim, dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name="conv")(token_map)
+    return jnp.concatenate([jnp.zeros_like(tokens[:, :first]),
+                            mixed.reshape(batch, height * width, dim)], axis=1)
 
 
 class MlpBlock(nn.Module):
@@ -189,7 +229,8 @@ class MlpBlock(nn.Module):
 
 
 class ConvTokenizer(nn.Module):
-  """Convolutional tokens: [3x3 conv -> ReLU -> 3x3/2 max-pool] per width, last width ``hidden_dim``.
+  """Convolutional tokens: [3x3 conv -> ReLU -> 3x3/2 max-pool] per width, last width
+  ``hidden_dim``; returns the token map ``[batch, height, width, hidden_dim]``.
 
   The compact-convolutional-transformer stem: overlapping convolutions give the
   tokens local structure a linear patch projection lacks, which is what lets a
@@ -207,18 +248,16 @@ class ConvTokenizer(nn.Module):
       x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype, name=f"conv{i + 1}",
                   **layer_init(self.init_style, 9 * x.shape[-1]))(x)
       x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    batch, height, width, dim = x.shape
-    return x.reshape(batch, height * width, dim)
+    return x
 
 
 class CNNTokenizer(nn.Module):
   """airbench's convolution trunk as tokens: the SA-CNN's stages (``sa_cnn.SACNN`` with
-  ``head='none'``, no attention) with the tuned_v2 SA-CNN's fast-training choices: a frozen
-  2x2 patch-whitening stem, then per width in ``stem_widths + (hidden_dim,)`` ``stem_convs``
-  3x3 convs (one count, or one per stage; dirac-initialised), the first followed by a 2x2
-  max-pool, each by batch norm without scale (each step keeps 0.6 of the running statistics,
-  as airbench's torch momentum 0.4 does) and GELU. A 32x32 image gives
-  7x7 tokens. Batch norm and whitening give the tokens the well-conditioned local features
+  ``head='none'``, no attention) on ``sa_cnn.AIRBENCH_TRUNK``, the tuned_v2 SA-CNN's
+  fast-training choices: a frozen 2x2 patch-whitening stem, then per width in
+  ``stem_widths + (hidden_dim,)`` ``stem_convs`` 3x3 convs (one count, or one per stage;
+  dirac-initialised), the first followed by a 2x2 max-pool (before its norm, as airbench), each
+  by batch norm without scale and GELU. A 32x32 image gives 7x7 tokens (the map ``[batch, 7, 7, hidden_dim]``). Batch norm and whitening give the tokens the well-conditioned local features
   that let a CNN learn CIFAR-10 in a few epochs; the transformer blocks then mix them."""
   hidden_dim: int
   stem_widths: Sequence[int] = (64,)
@@ -230,14 +269,10 @@ class CNNTokenizer(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     widths = tuple(self.stem_widths) + (self.hidden_dim,)
-    x = SACNN(widths=widths, convs_per_stage=self.stem_convs, attention_stages=(),
-              pool_stages=tuple(range(len(widths))), pool_position="after_first_conv",
-              pool_before_norm=True, norm="batch", bn_scale=False, bn_momentum=0.6,
-              bn_epsilon=1e-12, activation="gelu", dirac_init=True, stem="whiten", head="none",
-              batch_axis=self.batch_axis, init_style=self.init_style, dtype=self.dtype,
-              name="trunk")(images, train=train)
-    batch, height, width, dim = x.shape
-    return x.reshape(batch, height * width, dim)
+    return SACNN(**AIRBENCH_TRUNK, widths=widths, convs_per_stage=self.stem_convs,
+                 attention_stages=(), pool_stages=tuple(range(len(widths))),
+                 pool_before_norm=True, head="none", batch_axis=self.batch_axis,
+                 init_style=self.init_style, dtype=self.dtype, name="trunk")(images, train=train)
 
 
 class AddClassToken(nn.Module):

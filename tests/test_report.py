@@ -13,7 +13,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
     main_cli([f"--model={model}", *TINY, "--epochs=2", *flip, f"--workdir={workdir}"])
     runs.append(str(workdir))
   path = report.write_report(runs, str(tmp_path / "out"), images=2)
-  config = config_lib.resolve("sa_cnn", "tuned", {"model.attention_stages": ()})
+  config = config_lib.resolve("sa_cnn", "tuned_v1", {"model.attention_stages": ()})
   assert comparisons.architecture(config) == "tuned, attention_stages=()"
   text = path.read_text()
   batch = next(f for f in TINY if f.startswith("--batch_size=")).split("=")[1]
