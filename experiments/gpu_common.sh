@@ -1,5 +1,6 @@
-# Sourced by the device-session scripts (gpu_bench.sh, gpu_followup.sh): one deadline for
-# every run, results packed as they appear (so a call cut off at its limit still returns them).
+# Sourced by the device-session scripts (gpu_bench.sh, gpu_followup.sh, gpu_tune.sh,
+# gpu_speed.sh): one deadline for every run, results packed as they appear (so a call cut off at
+# its limit still returns them).
 # Usage: source experiments/gpu_common.sh OUT_DIR [SECONDS]
 set -uo pipefail
 out="${1:?usage: SCRIPT OUT_DIR [SECONDS]}"

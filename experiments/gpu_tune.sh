@@ -13,7 +13,8 @@
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
 # then the device call carries ".data". Without it every run uses synthetic data.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_tune.sh "$OUT" [SECONDS]
-# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_tune.sh /tmp/tune_smoke 120
+# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_tune.sh /tmp/tune_smoke 900  (twelve 3-step
+# runs of the real architectures at 16 px side by side: ~10 minutes on 2 cores)
 source "$(dirname "$0")/gpu_common.sh" "$@"
 
 stamp "tuned recipes, 3 seeds each"

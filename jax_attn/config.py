@@ -223,6 +223,8 @@ def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _upgrade(content: dict[str, Any]) -> dict[str, Any]:
   """A ``config.json`` of an earlier version in today's layout."""
   content = dict(content)
+  if content.get("recipe") == "tuned":  # aliases are recorded by their target since session 11:
+    content["recipe"] = "tuned_v1"     # a config.json naming "tuned" ran when it meant tuned_v1
   if isinstance(content.get("model"), str):  # before ConfigDicts: family name + preset + overrides
     name = content.pop("model")
     overrides = content.pop("model_overrides", None) or {}

@@ -183,11 +183,12 @@ class Encoder1DBlock(nn.Module):
     drop = lambda y: dropout(y, full_shape=x.shape)  # noqa: E731
     residual = x[:, :num_queries]  # all tokens when num_queries is None
 
-    def attend(a):
+    def attend(a):  # the local term is not dropped out: it is a convolution, not a branch
       mixed = drop(attention(a, deterministic=not train, num_queries=num_queries))
-      if not self.local_kernel or num_queries == 1:  # the class token has no local term
+      if not self.local_kernel:
         return mixed
-      return mixed + LocalMixing(self.local_kernel, self.dtype, name="local")(a, grid)[:, :num_queries]
+      local = LocalMixing(self.local_kernel, self.dtype, name="local")(a, grid)
+      return mixed + local[:, :num_queries]
 
     if self.norm_position == "pre":
       y = residual + attend(norm1(x))
@@ -199,8 +200,8 @@ class Encoder1DBlock(nn.Module):
 class LocalMixing(nn.Module):
   """A depth-wise ``k x k`` convolution of the tokens laid out on their ``grid`` (the class
   token, first, gets zero), zero-initialised: a block starts as it would without it. Adds the
-  locality that lets a small ViT learn from little data (LocalViT; DW-ViT, arXiv 2407.19394)
-  for 10 weights per channel."""
+  locality that helps a small ViT learn from little data (as LocalViT's depth-wise convs do)
+  for k * k + 1 weights per channel."""
   kernel_size: int
   dtype: jnp.dtype = jnp.float32
 
@@ -257,8 +258,10 @@ class CNNTokenizer(nn.Module):
   fast-training choices: a frozen 2x2 patch-whitening stem, then per width in
   ``stem_widths + (hidden_dim,)`` ``stem_convs`` 3x3 convs (one count, or one per stage;
   dirac-initialised), the first followed by a 2x2 max-pool (before its norm, as airbench), each
-  by batch norm without scale and GELU. A 32x32 image gives 7x7 tokens (the map ``[batch, 7, 7, hidden_dim]``). Batch norm and whitening give the tokens the well-conditioned local features
-  that let a CNN learn CIFAR-10 in a few epochs; the transformer blocks then mix them."""
+  by batch norm without scale and GELU. A 32x32 image gives 7x7 tokens (the map
+  ``[batch, 7, 7, hidden_dim]``). Batch norm and whitening give the tokens the well-conditioned
+  local features that let a CNN learn CIFAR-10 in a few epochs; the transformer blocks then mix
+  them."""
   hidden_dim: int
   stem_widths: Sequence[int] = (64,)
   stem_convs: int | Sequence[int] = 1

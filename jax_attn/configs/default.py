@@ -167,10 +167,13 @@ def for_model(model_name: str, preset: str = "seed") -> ml_collections.ConfigDic
 
 
 def pick(recipes: dict, model_name: str, recipe: str) -> ml_collections.ConfigDict:
-  """``recipes[recipe]()`` named ``recipe``; a ValueError naming the choices otherwise."""
+  """``recipes[recipe]()``; a ValueError naming the choices otherwise. An alias (``tuned``) is
+  named after the recipe it stands for (``tuned_v2``), so that a run's config.json says which
+  recipe ran even after the alias moves on."""
   if recipe not in recipes:
     raise ValueError(f"--recipe={recipe} is unknown for {model_name}: use one of "
                      f"{', '.join(recipes)}")
-  config = recipes[recipe]()
-  config.recipe = recipe
+  make = recipes[recipe]
+  config = make()
+  config.recipe = make.__name__ if recipes.get(make.__name__) is make else recipe
   return config

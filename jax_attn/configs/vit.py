@@ -46,10 +46,10 @@ def tuned_v2() -> ml_collections.ConfigDict:
 
 
 def tuned_v3() -> ml_collections.ConfigDict:
-  """The ViT's ``tuned``: tuned_v2 with airbench's convolution trunk as the tokenizer (``cnn``: frozen
-  patch whitening, conv 64 -> pool -> conv 64 at 15x15, conv 128 -> pool: 7x7 tokens + class;
-  batch norm without scale and GELU), 124,984 of its 532,803 parameters, 4 encoder blocks as
-  before (398,336, 75 %); the whitening bias trains for the first 3 epochs."""
+  """The ViT's ``tuned``: tuned_v2 with airbench's convolution trunk as the tokenizer
+  (``cnn``: frozen patch whitening, conv 64 -> pool -> conv 64 at 15x15, conv 128 -> pool: 7x7
+  tokens + class; batch norm without scale and GELU), 124,984 of its 532,803 parameters, 4
+  encoder blocks as before (398,336, 75 %); the whitening bias trains for the first 3 epochs."""
   config = tuned_v2()
   with config.ignore_type():  # stem_convs: one count per stage, where the default is one int
     config.model.tokenizer, config.model.stem_convs = "cnn", (2, 1)
