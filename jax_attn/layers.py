@@ -166,7 +166,7 @@ class Dropout(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-  """Non-overlapping ``p x p`` patches -> ``hidden_dim`` tokens ``[batch, patches, dim]``.
+  """Non-overlapping ``p x p`` patches -> the token map ``[batch, height / p, width / p, dim]``.
 
   The parameters are exactly a stride-``p`` ``nn.Conv``'s (kernel ``[p, p, C, dim]``,
   bias), so checkpoints and imported PyTorch weights are unchanged, but it runs as a
@@ -186,7 +186,8 @@ class PatchEmbedding(nn.Module):
     kernel = self.param("kernel", kernel_init, (p, p, channels, self.hidden_dim))
     bias = self.param("bias", bias_init, (self.hidden_dim,))
     patches = images.reshape(batch, height // p, p, width // p, p, channels)
-    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, p * p * channels)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(
+        batch, height // p, width // p, p * p * channels)
     kernel = kernel.reshape(p * p * channels, self.hidden_dim)
     return matmul(patches.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 

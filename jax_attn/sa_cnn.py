@@ -138,11 +138,9 @@ class SACNN(nn.Module):
   def _check(self) -> None:
     if not self.widths or any(w < 1 for w in self.widths):
       raise ValueError(f"SACNN widths must be positive channel counts, got {tuple(self.widths)}")
-    counts = self._conv_counts()
-    if self.num_classes < 1 or len(counts) != len(self.widths) or min(counts) < 1:
-      raise ValueError(
-          f"num_classes ({self.num_classes}) and convs_per_stage ({self.convs_per_stage}) must be"
-          f" positive, with one count per stage ({len(self.widths)}) if a sequence")
+    if self.num_classes < 1:
+      raise ValueError(f"SACNN num_classes must be positive, got {self.num_classes}")
+    self._conv_counts()
     for name in ("attention_stages", "pool_stages"):
       bad = [i for i in getattr(self, name) if not 0 <= i < len(self.widths)]
       if bad:
@@ -162,6 +160,16 @@ class SACNN(nn.Module):
     return inits
 
   def _conv_counts(self) -> tuple[int, ...]:
-    if isinstance(self.convs_per_stage, int):
-      return (self.convs_per_stage,) * len(self.widths)
-    return tuple(self.convs_per_stage)
+    return conv_counts(self.convs_per_stage, len(self.widths), "convs_per_stage")
+
+
+def conv_counts(counts: int | Sequence[int], stages: int, field: str,
+                stages_are: str = "") -> tuple[int, ...]:
+  """Convolutions per stage from one count or one per stage; a ``ValueError`` naming the
+  caller's setting ``field`` (SACNN's ``convs_per_stage``, the ViT tokenizer's ``stem_convs``)."""
+  given = counts if isinstance(counts, int) else tuple(counts)
+  counts = (given,) * stages if isinstance(given, int) else given
+  if len(counts) != stages or min(counts, default=0) < 1:
+    raise ValueError(f"{field} {given} must be positive, with one count per stage "
+                     f"({stages}{stages_are}) if a sequence")
+  return counts

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax_attn.attention import AttentionImpl, MultiHeadSelfAttention, ScaleMode
 from jax_attn.initializers import InitStyle, layer_init
 from jax_attn.layers import Dense, Dropout, PatchEmbedding, last_block_queries
-from jax_attn.sa_cnn import AIRBENCH_TRUNK, SACNN
+from jax_attn.sa_cnn import AIRBENCH_TRUNK, SACNN, conv_counts
 
 # torch.nn.LayerNorm's epsilon, so imported reference weights give the same outputs.
 LAYER_NORM_EPSILON = 1e-5
@@ -63,19 +63,17 @@ class ViT(nn.Module):
     chex.assert_rank(images, 4)
     self._check(*images.shape[1:3])
     if self.tokenizer == "patch":
-      x = PatchEmbedding(self.hidden_dim, self.patch_size, init_style=self.init_style,
-                         dtype=self.dtype, name="patch_embedding")(images)
-      grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+      token_map = PatchEmbedding(self.hidden_dim, self.patch_size, init_style=self.init_style,
+                                 dtype=self.dtype, name="patch_embedding")(images)
+    elif self.tokenizer == "conv":
+      token_map = ConvTokenizer(self.hidden_dim, self.stem_widths, init_style=self.init_style,
+                                dtype=self.dtype, name="conv_tokenizer")(images)
     else:
-      if self.tokenizer == "conv":
-        token_map = ConvTokenizer(self.hidden_dim, self.stem_widths, init_style=self.init_style,
-                                  dtype=self.dtype, name="conv_tokenizer")(images)
-      else:
-        token_map = CNNTokenizer(self.hidden_dim, self.stem_widths, self.stem_convs,
-                                 batch_axis=self.batch_axis, init_style=self.init_style,
-                                 dtype=self.dtype, name="cnn_tokenizer")(images, train=train)
-      grid = token_map.shape[1:3]
-      x = token_map.reshape(token_map.shape[0], -1, self.hidden_dim)
+      token_map = CNNTokenizer(self.hidden_dim, self.stem_widths, self.stem_convs,
+                               batch_axis=self.batch_axis, init_style=self.init_style,
+                               dtype=self.dtype, name="cnn_tokenizer")(images, train=train)
+    grid = token_map.shape[1:3]  # every tokenizer returns its map; the blocks see the grid
+    x = token_map.reshape(token_map.shape[0], -1, self.hidden_dim)
     x = AddClassToken(self.token_init_std, name="class_token")(x)
     x = AddPositionEmbs(self.token_init_std, name="pos_embedding")(x)
     x = Dropout(self.dropout_rate, deterministic=not train, batch_axis=self.batch_axis)(x)
@@ -116,9 +114,7 @@ class ViT(nn.Module):
                        f"tokenizer's stride {stride}")
     if self.tokenizer == "cnn":  # 2x2 valid whitening, then a 2x2 pool per stage
       stages = len(self.stem_widths) + 1
-      if not isinstance(self.stem_convs, int) and len(self.stem_convs) != stages:
-        raise ValueError(f"stem_convs {tuple(self.stem_convs)} needs one count per cnn tokenizer "
-                         f"stage ({stages}: stem_widths + hidden_dim)")
+      conv_counts(self.stem_convs, stages, "stem_convs", ": stem_widths + hidden_dim")
       if min(height, width) - 1 < 2 ** stages:
         raise ValueError(f"image size {height}x{width} leaves no tokens after the cnn "
                          f"tokenizer's {stages} pools: use fewer stem_widths")

@@ -117,8 +117,11 @@ def test_overrides_are_type_checked_and_validated():
     config_lib.resolve("sa_cnn", "tuned_v2", {"model.head": "none"})
   with pytest.raises(UserError, match="unknown tokenizer 'cnns'"):
     config_lib.resolve("vit", "tuned_v3", {"model.tokenizer": "cnns", "data.image_size": 32})
-  with pytest.raises(UserError, match=r"stem_convs \(2, 1, 1\) needs one count per cnn"):
+  with pytest.raises(UserError, match=r"stem_convs \(2, 1, 1\) must be positive, with one count "
+                                      r"per stage \(2: stem_widths \+ hidden_dim\)"):
     config_lib.resolve("vit", "tuned_v3", {"model.stem_convs": (2, 1, 1), "data.image_size": 32})
+  with pytest.raises(UserError, match=r"stem_convs \(0, 1\) must be positive"):  # the ViT's name
+    config_lib.resolve("vit", "tuned_v3", {"model.stem_convs": (0, 1), "data.image_size": 32})
   with pytest.raises(UserError, match="image size 4x4 leaves no tokens after the cnn"):
     config_lib.resolve("vit", "tuned_v3", {"data.image_size": 4})
   with pytest.raises(UserError, match="local_kernel must be 0 \\(off\\) or an odd size, got 2"):

@@ -156,7 +156,10 @@ def test_sa_cnn_residual_shortcut_around_the_same_width_conv():
     ("vit", {"hidden_dim": 0}, 8, "hidden_dim must be positive"),
     ("sa_cnn", {"widths": (8, 0)}, 8, "widths must be positive"),
     ("sa_cnn", {"attention_stages": (5,)}, 8, "not stage indices"),
-    ("sa_cnn", {"convs_per_stage": (1, 2, 3)}, 8, r"one count per stage \(2\)"),
+    ("sa_cnn", {"convs_per_stage": (1, 2, 3)}, 8, r"convs_per_stage \(1, 2, 3\) must be positive, "
+                                                  r"with one count per stage \(2\)"),
+    ("sa_cnn", {"convs_per_stage": 0}, 8, "convs_per_stage 0 must be positive"),
+    ("sa_cnn", {"num_classes": 0}, 8, "num_classes must be positive, got 0"),
     ("sa_cnn", {"pool_position": "start"}, 8, "unknown pool_position 'start'"),
 ])
 def test_bad_configuration(name, overrides, image, message):
@@ -198,7 +201,7 @@ def test_patch_embedding_is_the_strided_convolution():
     embed = PatchEmbedding(24, 8, init_style=style)
     variables = embed.init(jax.random.key(1), images)
     conv = nn.Conv(24, (8, 8), strides=(8, 8), padding="VALID")
-    expected = conv.apply(variables, images).reshape(2, 16, 24)
+    expected = conv.apply(variables, images)  # the token map [2, 4, 4, 24]
     np.testing.assert_allclose(embed.apply(variables, images), expected, rtol=1e-5, atol=1e-5)
   # Same initial values as the nn.Conv it replaces (Flax init style: same initialisers).
   conv_init = nn.Conv(24, (8, 8), strides=(8, 8)).init(jax.random.key(1), images)
