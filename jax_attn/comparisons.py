@@ -66,6 +66,19 @@ def seed_groups(runs: list[dict[str, Any]]) -> str:
   return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def paired_by_seed(with_attn: list[dict[str, Any]], without: list[dict[str, Any]]) -> str:
+  """The differences of the seeds run on both sides: a seed fixes the data order and the flips
+  of both runs (not their initial weights, which differ with the architecture)."""
+  accuracy = [{m["config"].seed: m["summary"].get("eval_accuracy") for m in side}
+              for side in (with_attn, without)]
+  seeds = sorted(set(accuracy[0]) & set(accuracy[1]))
+  if len(seeds) < 2:
+    return ""
+  diffs = [100 * (accuracy[0][s] - accuracy[1][s]) for s in seeds]
+  return (" Paired by seed (" + ", ".join(f"seed {s} {d:+.2f}" for s, d in zip(seeds, diffs))
+          + f"): {np.mean(diffs):+.2f} +- {np.std(diffs, ddof=1):.2f} points.")
+
+
 def attention_ablation(runs: list[dict[str, Any]]) -> str:
   """For each recipe run both with attention layers and without (``attention_stages=()``,
   otherwise the same settings but for widths): the two means and a plain verdict. The
@@ -94,5 +107,6 @@ def attention_ablation(runs: list[dict[str, Any]]) -> str:
         f"({without[0]['summary']['params']:,}): {mean_std(a)} with attention, {mean_std(b)} "
         f"without; difference {100 * diff:+.2f} points"
         f" ({mean_std(_accuracies(with_attn, 'eval_accuracy_no_flip'))} against "
-        f"{mean_std(_accuracies(without, 'eval_accuracy_no_flip'))} without TTA): {verdict}.")
+        f"{mean_std(_accuracies(without, 'eval_accuracy_no_flip'))} without TTA): {verdict}."
+        + paired_by_seed(with_attn, without))
   return "\n".join(lines)

@@ -91,6 +91,11 @@ def test_attention_ablation_pairs_a_recipe_with_its_attention_free_twin():
   apart = [run("tuned_v2", s, 0.90 + s / 1000) for s in range(3)] + [
       run("tuned_v2_noattn", s, 0.85 + s / 1000) for s in range(3)]
   assert "attention helps (beyond 2 standard errors" in comparisons.attention_ablation(apart)
+  assert "Paired by seed" not in text  # one seed a side: nothing to pair
+  assert ("Paired by seed (seed 0 +0.70, seed 1 -0.40): +0.15 +- 0.78 points."
+          in comparisons.attention_ablation(close))
+  unpaired = one_seed + [run("tuned_v2", 1, 0.889), run("tuned_v2_noattn", 2, 0.893)]
+  assert "Paired by seed" not in comparisons.attention_ablation(unpaired)  # only seed 0 shared
   other_rate = [run("tuned_v2", 0, 0.9), run("tuned_v2_noattn", 0, 0.8, learning_rate=1.0)]
   assert comparisons.attention_ablation(other_rate) == ""  # another recipe: no pair
 
