@@ -45,6 +45,10 @@ def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_pat
   assert "| sa_cnn/seed (sa_cnn_no_attention) | sa_cnn | seed | tiny, attention_stages=() |" in text
   assert "not drawn: the model of sa_cnn_no_attention has no attention layers" in text
   assert not list((tmp_path / "out").glob("attention_*.png"))
+  # --images=0 draws no maps, says so once, and the printed command repeats the setting
+  text = report.write_report([str(workdir)], str(tmp_path / "none"), images=0).read_text()
+  assert f"--out {tmp_path / 'none'} --images=0`." in text
+  assert "not drawn: --images=0 asked for none." in text and "### sa_cnn/seed" not in text
 
 
 def test_loss_curve_leaves_out_the_epoch_means():
