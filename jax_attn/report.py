@@ -252,12 +252,13 @@ def write_report(workdirs: list[str], out: str, images: int = 3) -> Path:
   lines += ["## Attention maps", ""]
   if not images:
     lines += ["not drawn: --images=0 asked for none.", ""]
-  for run in runs if images else []:
-    lines += [f"### {run['label']}", ""]
-    try:
-      lines += [f"![{f}]({f})" for f in plot_attention(run, out_dir, images)] + [""]
-    except UserError as e:
-      lines += [f"not drawn: {e}", ""]
+  else:
+    for run in runs:
+      lines += [f"### {run['label']}", ""]
+      try:
+        lines += [f"![{f}]({f})" for f in plot_attention(run, out_dir, images)] + [""]
+      except UserError as e:
+        lines += [f"not drawn: {e}", ""]
   path = out_dir / "REPORT.md"
   path.write_text("\n".join(lines))
   return path

@@ -83,8 +83,8 @@ def tuned_v3_noattn() -> ml_collections.ConfigDict:
 
 
 # ``tuned`` is the best recipe measured (experiments/README.md): tuned_v2 (89.37 +- 0.12 % over 3
-# seeds; its Muon and pool-order variants tie on seed 0; tuned_v1 86.7 %). Runs recorded before session 11 as ``tuned`` are
-# tuned_v1's, which stays reachable under that name.
+# seeds; its Muon and pool-order variants tie on seed 0; tuned_v1 86.7 %). Runs recorded before
+# session 11 as ``tuned`` are tuned_v1's, which stays reachable under that name.
 RECIPES = {"seed": seed, "tuned": tuned_v2, "tuned_v1": tuned_v1, "tuned_v2": tuned_v2,
            "tuned_v2_noattn": tuned_v2_noattn, "tuned_v2_muon": tuned_v2_muon,
            "tuned_v3": tuned_v3, "tuned_v3_noattn": tuned_v3_noattn}
