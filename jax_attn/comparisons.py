@@ -25,16 +25,20 @@ def architecture(config: Any) -> str:
   return ", ".join([config.preset] + overrides)
 
 
-def _groups(runs: list[dict[str, Any]], ignored: tuple[str, ...]) -> dict[str, list[dict]]:
-  """Finished runs keyed by their settings without ``ignored``."""
+def settings_key(config: Any, ignored: tuple[str, ...]) -> str:
+  """A config's settings without ``ignored``, as one comparable string."""
+  settings = config_lib.flatten(config_lib.to_json(config))
+  settings["model"] = {k: v for k, v in settings["model"].items() if f"model.{k}" not in ignored}
+  return json.dumps({k: v for k, v in settings.items() if k not in ignored}, sort_keys=True)
+
+
+def groups_by_settings(runs: list[dict[str, Any]],
+                       ignored: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+  """Finished runs keyed by their settings without ``ignored`` (``settings_key``)."""
   groups: dict[str, list[dict[str, Any]]] = {}
   for run in runs:
-    if run["summary"] is None:
-      continue
-    settings = config_lib.flatten(config_lib.to_json(run["config"]))
-    settings["model"] = {k: v for k, v in settings["model"].items() if f"model.{k}" not in ignored}
-    key = json.dumps({k: v for k, v in settings.items() if k not in ignored}, sort_keys=True)
-    groups.setdefault(key, []).append(run)
+    if run["summary"] is not None:
+      groups.setdefault(settings_key(run["config"], ignored), []).append(run)
   return groups
 
 
@@ -54,7 +58,7 @@ def seed_groups(runs: list[dict[str, Any]]) -> str:
   """Runs that differ only in their seed, finished ones only: mean +- sample std of accuracy."""
   rows = ["| model | recipe | preset | parameters | seeds | eval accuracy (mean +- std) "
           "| without TTA | runs |", "|" + "---|" * 8]
-  for members in _groups(runs, NOT_RECIPE).values():
+  for members in groups_by_settings(runs, NOT_RECIPE).values():
     if len(members) < 2:
       continue
     config, summary = members[0]["config"], members[0]["summary"]
@@ -84,7 +88,7 @@ def attention_ablation(runs: list[dict[str, Any]]) -> str:
   otherwise the same settings but for widths): the two means and a plain verdict. The
   difference counts as measurable only beyond two standard errors, with >= 2 seeds a side."""
   lines = []
-  for members in _groups(runs, NOT_RECIPE + _ABLATED).values():
+  for members in groups_by_settings(runs, NOT_RECIPE + _ABLATED).values():
     sides: dict[bool, list[dict[str, Any]]] = {}
     for m in members:
       sides.setdefault(bool(m["config"].model.get("attention_stages", True)), []).append(m)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from jax_attn import comparisons, report
 from jax_attn import config as config_lib
 from jax_attn import models
 from jax_attn.configs import default, packaged_path, sa_cnn, vit, with_packaged_config
@@ -65,22 +66,24 @@ def test_tuned_is_the_best_measured_recipe_and_tuned_v1_the_recorded_one():
 
 
 def test_tuned_has_the_best_recorded_mean_of_three_seeds():
-  """Among the recorded 10-epoch recipes with >= 3 seeds (experiments/results/*/seedN), the one
-  with the highest mean held-out accuracy is what ``--recipe=tuned`` resolves to (ablations
-  without attention excepted: the SA-CNN must keep its attention layers)."""
-  means = {}
-  for group in RESULTS.iterdir():
-    summaries = [json.loads(p.read_text()) for p in sorted(group.glob("seed*/summary.json"))]
-    if len(summaries) >= 3 and all(s["epochs"] == 10 for s in summaries):
-      key = (summaries[0]["model"], summaries[0]["recipe"])
-      if key[1].endswith("_noattn"):
-        continue
-      assert all((s["model"], s["recipe"]) == key for s in summaries), group
-      means[key] = sum(s["eval_accuracy"] for s in summaries) / len(summaries)
-  assert ("vit", "tuned_v3") in means and ("vit", "tuned_v4") in means
-  for model in {model for model, _ in means}:
-    best = max((mean, recipe) for (m, recipe), mean in means.items() if m == model)[1]
-    assert config_lib.resolve(model, "tuned").recipe == best, (model, means)
+  """Among the recorded 10-epoch runs (experiments/results/*/seedN) grouped by their settings
+  (seed and recipe name aside: a recipe plus a ``--model_arg`` counts as the recipe it equals),
+  the group with >= 3 seeds and the highest mean held-out accuracy has exactly the settings of
+  ``--recipe=tuned`` (ablations without attention excepted: the SA-CNN keeps its attention)."""
+  ignored = comparisons.NOT_RECIPE + ("recipe",)
+  runs = [report.load_run(path.parent) for path in sorted(RESULTS.glob("*/seed*/summary.json"))]
+  means: dict[str, list[tuple[float, str, str]]] = {}
+  for key, members in comparisons.groups_by_settings(runs, ignored).items():
+    config = members[0]["config"]
+    if (len(members) >= 3 and all(m["summary"]["epochs"] == 10 for m in members)
+        and config.model.get("attention_stages", True) != ()):
+      mean = sum(m["summary"]["eval_accuracy"] for m in members) / len(members)
+      means.setdefault(config.model_name, []).append((mean, key, members[0]["dir"].parent.name))
+  assert set(means) == {"sa_cnn", "vit"} and len(means["vit"]) >= 2, means
+  for model, candidates in means.items():
+    best = max(candidates)[1]
+    assert comparisons.settings_key(config_lib.resolve(model, "tuned"), ignored) == best, (
+        model, sorted((round(mean, 4), name) for mean, _, name in candidates))
 
 
 def test_every_recorded_config_json_still_reads():
