@@ -3,6 +3,8 @@ seeds) and the attention ablation (the same recipe with and without attention la
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,13 @@ NOT_RECIPE = ("seed", "checkpoint_every_steps", "keep_checkpoints", "log_every_s
 # What an attention ablation changes besides: the recipe's name and the widths that keep the
 # parameter count.
 _ABLATED = ("recipe", "model.attention_stages", "model.widths")
+
+
+def run_name(workdir: Path) -> str:
+  """A workdir's name, with its parent for the ``seedN`` records (``vit_tuned_v4_10ep/seed0``):
+  several recorded groups have a ``seed0``."""
+  return f"{workdir.parent.name}/{workdir.name}" if re.fullmatch(r"seed\d+", workdir.name) \
+      else workdir.name
 
 
 def architecture(config: Any) -> str:
@@ -66,7 +75,7 @@ def seed_groups(runs: list[dict[str, Any]]) -> str:
                 f"{summary['params']:,} | {', '.join(str(m['config'].seed) for m in members)} | "
                 f"{mean_std(_accuracies(members))} | "
                 f"{mean_std(_accuracies(members, 'eval_accuracy_no_flip'))} | "
-                f"{', '.join(m['dir'].name for m in members)} |")
+                f"{', '.join(run_name(m['dir']) for m in members)} |")
   return "\n".join(rows) if len(rows) > 2 else ""
 
 

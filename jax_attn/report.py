@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from jax_attn import config as config_lib, data, models, trained  # noqa: E402
-from jax_attn.comparisons import architecture, attention_ablation, seed_groups  # noqa: E402
+from jax_attn.comparisons import (  # noqa: E402
+    architecture, attention_ablation, run_name, seed_groups)
 from jax_attn.errors import UserError  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "report", "Output directory for REPORT.md and the PNGs.")
@@ -40,8 +41,9 @@ def load_run(workdir: Path) -> dict[str, Any]:
   except (OSError, ValueError, UserError) as e:
     raise UserError(f"{workdir} is not a jax_attn workdir ({e}): pass directories written by "
                     "python -m jax_attn.main") from None
+  name = run_name(workdir)
   label = f"{config.model_name}/{config.recipe}" + (
-      f" ({workdir.name})" if workdir.name != f"{config.model_name}_{config.recipe}" else "")
+      f" ({name})" if name != f"{config.model_name}_{config.recipe}" else "")
   return {"dir": workdir, "label": label, "config": config, "summary": summary, "metrics": metrics}
 
 
@@ -167,7 +169,7 @@ def _attention(run: dict[str, Any], count: int) -> tuple[np.ndarray, list[np.nda
   images = source.load(eval_spec).images[:count]  # the eval split only: no training decode
   _, layers = trained.apply(trained_run, images, attention=True)
   if not layers:
-    raise UserError(f"the model of {run['dir'].name} has no attention layers "
+    raise UserError(f"the model of {run_name(run['dir'])} has no attention layers "
                     f"({architecture(run['config'])})")
   return images, layers, eval_spec
 
@@ -226,7 +228,7 @@ def plot_attention(run: dict[str, Any], out: Path, count: int) -> list[str]:
   images, layers, _ = _attention(run, count)
   files = []
   for i, image in enumerate(images):
-    filename = f"attention_{run['dir'].name}_{i}.png"
+    filename = f"attention_{run_name(run['dir']).replace('/', '_')}_{i}.png"
     draw_attention(run["config"].model_name, image, [w[i] for w in layers], out / filename)
     files.append(filename)
   return files

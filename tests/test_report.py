@@ -77,6 +77,15 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std():
   assert comparisons.seed_groups(runs[:1]) == ""
 
 
+def test_recorded_seed_directories_are_named_with_their_group():
+  """experiments/results holds a ``seed0`` in every group: labels and file names say which."""
+  from pathlib import Path
+
+  assert comparisons.run_name(Path("results/vit_tuned_v4_10ep/seed0")) == "vit_tuned_v4_10ep/seed0"
+  assert comparisons.run_name(Path("runs/vit_v4lk5_10ep_s0")) == "vit_v4lk5_10ep_s0"
+  assert comparisons.run_name(Path("runs/seed0_long")) == "seed0_long"
+
+
 def test_attention_ablation_pairs_a_recipe_with_its_attention_free_twin():
   from pathlib import Path
 
