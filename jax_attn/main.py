@@ -28,7 +28,7 @@ _MODEL = flags.DEFINE_string("model", None, f"Model family ({', '.join(MODEL_FIL
                              "shorthand for --config=<package>/configs/MODEL.py:RECIPE (default sa_cnn).")
 _RECIPE = flags.DEFINE_string(
     "recipe", None, "Recipe of the packaged file: seed (the reference notebook), tuned (the best "
-    "measured: tuned_v2 for sa_cnn, tuned_v4 for vit), tuned_v1, tuned_v2, ... (each file's "
+    "measured: tuned_v2 for sa_cnn, tuned_v5 for vit), tuned_v1, tuned_v2, ... (each file's "
     "RECIPES; default seed).")
 _MODEL_ARG = flags.DEFINE_multi_string(
     "model_arg", [], "Model hyper-parameter override KEY=VALUE, e.g. --model_arg=depth=6 "

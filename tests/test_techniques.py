@@ -216,7 +216,7 @@ TUNED_V2 = {  # what the tuned_v2 docstrings promise
     ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
     ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("sa_cnn", "tuned_v2_muon"),
     ("sa_cnn", "tuned_v3"), ("sa_cnn", "tuned_v3_noattn"), ("vit", "tuned_v2"),
-    ("vit", "tuned_v3"), ("vit", "tuned_v4")])
+    ("vit", "tuned_v3"), ("vit", "tuned_v4"), ("vit", "tuned_v5")])
 def test_recipe_resolves_to_documented_training(model, recipe):
   config = config_lib.resolve(model, recipe)
   documented = {
@@ -228,20 +228,20 @@ def test_recipe_resolves_to_documented_training(model, recipe):
                        batch_size=128, learning_rate=4e-3 if model == "sa_cnn" else 2e-3,
                        lookahead_every_steps=0),
       "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
-  }[recipe if recipe in ("seed", "tuned_v1") else "tuned_v2"]  # v2's training, v3/v4 as well
+  }[recipe if recipe in ("seed", "tuned_v1") else "tuned_v2"]  # v2's training, v3-v5 as well
   v3 = model == "sa_cnn" and recipe.startswith("tuned_v3")  # the ViT's changes its tokenizer
   if recipe.endswith("_muon") or v3:
     documented.update(optimizer="muon", muon_learning_rate=0.24, muon_momentum=0.6)
   assert config.model.get("pool_before_norm", False) == v3
   if model == "vit":
-    assert config.model.tokenizer == {"seed": "patch", "tuned_v3": "cnn", "tuned_v4": "cnn"}.get(
-        recipe, "conv")
-    assert config.model.local_kernel == (3 if recipe == "tuned_v4" else 0)
+    tokenizer = "cnn" if recipe in ("tuned_v3", "tuned_v4", "tuned_v5") else "conv"
+    assert config.model.tokenizer == ("patch" if recipe == "seed" else tokenizer)
+    assert config.model.local_kernel == {"tuned_v4": 3, "tuned_v5": 5}.get(recipe, 0)
   if model == "sa_cnn" and recipe.startswith(("tuned_v2", "tuned_v3")):
     assert config.model.attention_stages == (() if recipe.endswith("_noattn") else (0, 1))
   for key, value in documented.items():
     assert config[key] == value, key
-  v2 = recipe.startswith(("tuned_v2", "tuned_v3", "tuned_v4"))
+  v2 = recipe.startswith(("tuned_v2", "tuned_v3", "tuned_v4", "tuned_v5"))
   norm = "reference" if recipe == "seed" else "mean_std"
   assert config.augment.normalization == norm
   assert (config.augment.crop_padding, config.augment.flip, config.augment.alternating_flip) == (

@@ -8,7 +8,7 @@ from jax_attn import config as config_lib, models
 from jax_attn.vit import LocalMixing, SequencePool, ViT
 
 
-@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3", "tuned_v4"])
+@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3", "tuned_v4", "tuned_v5"])
 def test_tuned_vit_is_a_vit_with_sequence_pooling_beside_the_class_token(recipe):
   config = config_lib.resolve("vit", recipe, {"data.image_size": 32})
   model = config_lib.build_model(config)
@@ -19,8 +19,9 @@ def test_tuned_vit_is_a_vit_with_sequence_pooling_beside_the_class_token(recipe)
   assert shapes["head"]["kernel"].shape == (2 * 128, 10)  # class token beside the pooled tokens
   local = [v["local"]["conv"]["kernel"].shape for k, v in shapes.items()
            if k.startswith("encoder_block") and "local" in v]
-  assert local == ([(3, 3, 1, 128)] * 4 if recipe == "tuned_v4" else [])
-  if recipe in ("tuned_v3", "tuned_v4"):  # airbench's trunk: whitening, 3 convs, BN without scale, 7x7 tokens
+  kernel = {"tuned_v4": 3, "tuned_v5": 5}.get(recipe)
+  assert local == ([(kernel, kernel, 1, 128)] * 4 if kernel else [])
+  if recipe in ("tuned_v3", "tuned_v4", "tuned_v5"):  # airbench's trunk: whitening, 3 convs, BN without scale, 7x7 tokens
     trunk = shapes["cnn_tokenizer"]["trunk"]
     assert trunk["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
     assert [trunk[f"conv{i}"]["kernel"].shape for i in (1, 2, 3)] == [
