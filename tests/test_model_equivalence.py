@@ -42,7 +42,9 @@ def assert_matches(case: str, got: dict) -> None:
              + 1e-7 * np.sqrt(sumsq.sum()) + 1e-12)
     bad = np.flatnonzero(~(error <= bound))
     assert not bad.size, f"{tree}_sum differs at {want[f'{tree}_paths'][bad]}: {error[bad]}"
-    np.testing.assert_allclose(got[f"{tree}_sumsq"], want[f"{tree}_sumsq"], rtol=1e-5,
+    # Float32 results of a backward pass differ by a few 1e-5 between CPUs (the reduction order
+    # of XLA's kernels depends on the instruction set: 3e-5 on one gradient leaf seen in CI).
+    np.testing.assert_allclose(got[f"{tree}_sumsq"], want[f"{tree}_sumsq"], rtol=1e-4,
                                atol=1e-12, err_msg=f"{tree}_sumsq")
 
 
