@@ -83,6 +83,12 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, sca
   return jax.lax.map(core, (query, key, value), batch_size=chunk or CHUNK_BATCH)
 
 
+def flash_kernel_available() -> bool:
+  """Whether ``flash`` runs the Pallas kernel compiled by Triton (GPUs) rather than its
+  stand-ins (the chunked form in models, the interpreter in tests)."""
+  return jax.default_backend() == "gpu"
+
+
 def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
                     interpret: bool | None = None) -> jax.Array:
   """The einsum core's output without the ``[q_len, kv_len]`` scores in memory, forward and
@@ -99,7 +105,7 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, scale
   alone), not more.
   """
   if interpret is None:
-    interpret = jax.default_backend() != "gpu"
+    interpret = not flash_kernel_available()
   from jax.experimental.pallas.ops.gpu import attention as pallas_attention  # noqa: PLC0415
   *lead, length, heads, qk_dim = query.shape
   kv_length, value_dim = key.shape[-3], value.shape[-1]
@@ -147,7 +153,7 @@ def attend(query: jax.Array, key: jax.Array, value: jax.Array, *, scale: float,
   if impl == "einsum" or (dropout_rate > 0.0 and dropout_rng is not None):
     return einsum_attention(query, key, value, scale=scale, dropout_rate=dropout_rate,
                             dropout_rng=dropout_rng, batch_axis=batch_axis)
-  if impl == "flash" and jax.default_backend() == "gpu":
+  if impl == "flash" and flash_kernel_available():
     return flash_attention(query, key, value, scale=scale), None
   if impl in ("chunked", "flash"):
     return chunked_attention(query, key, value, scale=scale), None

@@ -73,9 +73,10 @@ class _Run:
     self.train_step = self.parallel.wrap(train_body, donate_state=True)
     self.eval_step = self.parallel.wrap(eval_body, donate_state=False)
     if config.steps_per_call > 1:  # the splits go on the devices in run()
-      if jax.default_backend() == "cpu" and config.model_name == "sa_cnn":
-        self.writer.log(f"note: --steps_per_call={config.steps_per_call} on a CPU: XLA:CPU runs "
-                        "convolutions inside a loop ~15x slower (README); use 1 here")
+      if jax.default_backend() == "cpu":
+        self.writer.log(f"note: --steps_per_call={config.steps_per_call} on a CPU: measured no "
+                        "faster for the seed ViT and ~15x slower for convolutions (README); "
+                        "use 1 here")
       self.train_call = self.parallel.wrap(on_device.scan_train(train_body), donate_state=True,
                                            replicated=2)
       self.eval_call = self.parallel.wrap(on_device.scan_eval(eval_body), donate_state=False,

@@ -22,7 +22,7 @@ def _train(workdir, *extra, env=None):
                           env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})))
   assert result.returncode == 0, result.stderr
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return json.loads((workdir / "summary.json").read_text()), records
+  return json.loads((workdir / "summary.json").read_text()), records, result.stdout
 
 
 def _params(workdir):
@@ -76,7 +76,8 @@ def straight(tmp_path_factory):
 
 
 def test_steps_per_call_trains_and_evaluates_like_one_step_per_call(straight):
-  (_, one, one_records), (_, ten, ten_records) = straight["k1"], straight["k10"]
+  (_, one, one_records, one_log), (_, ten, ten_records, ten_log) = straight["k1"], straight["k10"]
+  assert "note: --steps_per_call=10 on a CPU" in ten_log and "note:" not in one_log
   assert one["steps"] == ten["steps"] == 2 * (600 // 16)
   assert abs(ten["eval_loss"] - one["eval_loss"]) <= 1e-5 * abs(one["eval_loss"])
   assert ten["eval_accuracy"] == one["eval_accuracy"]
@@ -88,7 +89,7 @@ def test_steps_per_call_trains_and_evaluates_like_one_step_per_call(straight):
 def test_resumed_steps_per_call_run_is_bit_identical(tmp_path, straight):
   resumed = tmp_path / "resumed"
   _train(resumed, "--steps_per_call=10", "--max_steps=24")  # stops at a checkpoint, mid-epoch
-  summary, _ = _train(resumed, "--steps_per_call=10")
+  summary, *_ = _train(resumed, "--steps_per_call=10")
   assert summary["steps"] == 2 * (600 // 16)
   for a, b in zip(_params(straight["k10"][0]), _params(resumed)):
     np.testing.assert_array_equal(a, b)
@@ -101,7 +102,7 @@ def test_steps_per_call_on_eight_devices(tmp_path, straight, mode):
   seed recipe's optimizer) and dropout on: 1 vs 8 devices, eval loss within 1e-4 relative."""
   flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   one = straight["k1"][1]
-  eight, _ = _train(tmp_path / mode, f"--parallel={mode}", "--steps_per_call=5", env=flags)
+  eight, *_ = _train(tmp_path / mode, f"--parallel={mode}", "--steps_per_call=5", env=flags)
   assert eight["devices"] == 8 and eight["steps"] == one["steps"]
   assert abs(eight["eval_loss"] - one["eval_loss"]) <= 1e-4 * abs(one["eval_loss"])
 
