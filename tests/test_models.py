@@ -227,8 +227,9 @@ def test_vit_class_token_only_last_block_is_exact(preset_overrides):
     logits = out[0] if collect else out
     return jnp.sum(jnp.sin(3 * logits)), logits
 
-  (short, short_logits), short_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
-  (full, full_logits), full_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (short, short_logits), short_grads = value_and_grad(params, False)
+  (full, full_logits), full_grads = value_and_grad(params, True)
   np.testing.assert_allclose(short_logits, full_logits, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(short_grads, full_grads, rtol=1e-4, atol=1e-6)
   # The shortcut really skips work: the full path's jaxpr is larger.
@@ -259,12 +260,13 @@ def test_sa_cnn_without_head_returns_the_feature_map_its_head_reads():
   max-linear head of that map gives the full model's logits."""
   from jax_attn.whitening import set_whitening
   model = models.get_model("sa_cnn", "tuned_v2")
-  variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
+  variables = jax.jit(models.init_variables, static_argnums=(0, 2))(  # jit: eager init is slow
+      model, jax.random.key(0), (32, 32, 3))
   images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
   variables = {**variables, "params": set_whitening(variables["params"], np.asarray(images))}
-  features = model.clone(head="none").apply(variables, images)
+  features = jax.jit(model.clone(head="none").apply)(variables, images)
   assert features.shape == (8, 3, 3, 112)  # 32 -> 31 (whitening) -> 15 -> 7 -> 3
   assert float(jnp.max(jnp.abs(features))) > 0.1  # (with zero whitening filters all is 0)
   head = variables["params"]["head"]["kernel"]
-  np.testing.assert_allclose(model.apply(variables, images),
+  np.testing.assert_allclose(jax.jit(model.apply)(variables, images),
                              jnp.max(features, axis=(1, 2)) @ head / 9, rtol=1e-5, atol=1e-6)

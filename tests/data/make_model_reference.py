@@ -99,9 +99,8 @@ def compute(model, size: int) -> dict[str, np.ndarray]:
     return jnp.mean(jnp.sum(logits * weights, axis=-1)), (logits, updates)
 
   grads, (logits_train, updates) = jax.jit(jax.grad(loss, has_aux=True))(params)
-  logits_eval = jax.jit(lambda v: model.apply(v, images, train=False))(variables)
-  _, sown = jax.jit(lambda v: model.apply(v, images, train=False,
-                                          mutable=["intermediates"]))(variables)
+  logits_eval, sown = jax.jit(lambda v: model.apply(v, images, train=False,
+                                                    mutable=["intermediates"]))(variables)
   return {**_stats("params", params, head=True), **_stats("grads", grads),
           **_stats("state", updates), **_stats("sown", sown.get("intermediates", {})),
           "eval_logits": np.asarray(logits_eval), "train_logits": np.asarray(logits_train)}
