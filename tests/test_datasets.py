@@ -79,16 +79,15 @@ def test_image_folder_decodes_in_file_order_at_any_size(tmp_path, size):
   from jax_attn.data import image_folder
   assert (size * size > image_folder.SERIAL_DECODE_MAX_PIXELS) == (size == 80)
   rng = np.random.default_rng(size)
-  for i in range(40):
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    path = tmp_path / "train" / ("ant", "bee")[i % 2] / f"{i:04d}.png"
+  # Round-robin over the sorted classes: ant/0000, bee/0001, ant/0002, ... is file order.
+  paths = [tmp_path / "train" / ("ant", "bee")[i % 2] / f"{i:04d}.png" for i in range(40)]
+  for path in paths:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
   train = data.ImageFolderSource(str(tmp_path)).load("train")
   assert train.images.shape == (40, size, size, 3)
-  for k in (0, 1, 38, 39):  # round-robin: ant/0000, bee/0001, ant/0002, ...
-    path = tmp_path / "train" / ("ant", "bee")[k % 2] / f"{k:04d}.png"
-    np.testing.assert_array_equal(train.images[k], np.asarray(Image.open(path)))
+  for k in (0, 1, 38, 39):
+    np.testing.assert_array_equal(train.images[k], np.asarray(Image.open(paths[k])))
 
 
 def test_image_folder_names_a_broken_first_file(folder):

@@ -18,6 +18,10 @@ from jax_attn.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+# What PIL raises for a file it cannot read as an image.
+_DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
 def _decode(path: Path, image_size: int | None) -> np.ndarray:
   try:
     with Image.open(path) as image:
@@ -26,7 +30,7 @@ def _decode(path: Path, image_size: int | None) -> np.ndarray:
       if image_size is not None and image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.BILINEAR)
       return np.asarray(image, dtype=np.uint8)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
+  except _DECODE_ERRORS as e:
     raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
 
 
@@ -46,7 +50,7 @@ def _decode_all(paths: list[Path], image_size: int | None) -> list[np.ndarray]:
   try:
     with Image.open(paths[0]) as first:
       pixels = first.size[0] * first.size[1]
-  except (OSError, ValueError, Image.DecompressionBombError):
+  except _DECODE_ERRORS:
     pixels = 0  # _decode reports the file
   if pixels <= SERIAL_DECODE_MAX_PIXELS:
     return [_decode(path, image_size) for path in paths]
