@@ -47,9 +47,13 @@ train() {  # NAME ARGS...: one run (later flags win), stopped at the deadline; i
   stamp "$name exited with $?: $(tail -n 2 "$runs/$name.log" | tr '\n' ' ')"
 }
 
-finish() {  # RUN...: waits for every job, lists the summaries, packs; checkpoints of the RUNs named
+wait_runs() {  # waits for every run started with `&` (a bare `wait` would wait for the packer)
   local pids; pids=$(jobs -p | grep -v "^$packer$")
-  [ -n "$pids" ] && wait $pids  # a bare `wait` would wait for the packer's endless loop
+  [ -z "$pids" ] || wait $pids
+}
+
+finish() {  # RUN...: waits for every job, lists the summaries, packs; checkpoints of the RUNs named
+  wait_runs
   kill $packer 2>/dev/null
   stamp "all runs ended"
   $py - "$runs" <<'PYEOF'

@@ -1,5 +1,5 @@
 """What a run does about the world around it: one run per workdir, an unusable workdir, and
-SIGTERM / SIGINT (preemption) ending in a checkpoint.
+SIGTERM / SIGINT (preemption) ending in a checkpoint, and JAX's NaN checks kept on.
 
 The lock is a file ``WORKDIR/run.lock`` holding the owner's pid, host and start time, made
 with ``O_EXCL`` (atomic on POSIX file systems); a lock whose process is gone (same host) is
@@ -8,6 +8,7 @@ module. Signals are handled by a flag the training loop reads after each step.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,22 @@ class StoppedBySignal(Exception):
     super().__init__(f"stopped by {signal_name} at step {step}: checkpoint saved; rerun the same "
                      "command to resume")
     self.exit_code = STOP_EXIT_CODES[signal_name]
+
+
+def armed_nan_checks() -> contextlib.AbstractContextManager:
+  """Keeps ``JAX_DEBUG_NANS`` / ``JAX_DEBUG_INFS``, when set, checking every compiled step.
+
+  Works around a JAX bug (seen in 0.10.2): tracing an op that turns the check off for a moment
+  (``jnp.var``, so any batch or layer norm) leaves this thread's compiled calls unchecked from
+  then on, so a NaN in step 2 or later was never caught. Inside a thread-local
+  ``jax.debug_nans(True)``, leaving such an op restores the check instead.
+  """
+  stack = contextlib.ExitStack()
+  if jax.config.jax_debug_nans:
+    stack.enter_context(jax.debug_nans(True))
+  if jax.config.jax_debug_infs:
+    stack.enter_context(jax.debug_infs(True))
+  return stack
 
 
 def prepare_workdir(workdir: Path) -> None:

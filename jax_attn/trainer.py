@@ -26,6 +26,17 @@ class NonFiniteLossError(UserError):
   """Training diverged; the last good checkpoint is kept."""
 
 
+def diverged(what: str, workdir: Path, dtype: str) -> NonFiniteLossError:
+  """The one-line error of a diverged run: what happened, the checkpoint kept, what to change.
+  bf16 adds float32 to the advice: bf16 runs of the seed SA-CNN have gone NaN on a GPU at a
+  step where float32 and other bf16 runs trained normally (experiments/README.md)."""
+  advice = "Lower --learning_rate or set --grad_clip_norm"
+  if dtype == "bfloat16":
+    advice += ", or train in float32 (--dtype=float32)"
+  return NonFiniteLossError(f"{what}: stopping; the last good checkpoint in "
+                            f"{workdir / 'checkpoints'} is kept. {advice}")
+
+
 class _Run:
   """The state of one training run: built once, then ``run()``."""
 
@@ -140,9 +151,8 @@ class _Run:
   def _save(self, state: Any, step: int) -> None:
     host = self.parallel.to_host(state)
     if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host.params)):
-      raise NonFiniteLossError(
-          f"the parameters became non-finite by step {step}: stopping; the last good checkpoint "
-          f"in {self.workdir / 'checkpoints'} is kept. Lower --learning_rate or set --grad_clip_norm")
+      raise diverged(f"the parameters became non-finite by step {step}", self.workdir,
+                     self.config.dtype)
     self.checkpointer.save(step, self._checkpoint_tree(host))
 
   # ---------------------------------------------------------------- metrics
@@ -154,10 +164,8 @@ class _Run:
         [s for s, _ in pending], self.parallel.to_host([m for _, m in pending]))
     for step, metrics in zip(steps, values):
       if not np.isfinite(metrics["loss"]):
-        raise NonFiniteLossError(
-            f"the training loss became {float(metrics['loss'])} at step {step}: stopping; the last "
-            f"good checkpoint in {self.workdir / 'checkpoints'} is kept. Lower --learning_rate "
-            "or set --grad_clip_norm")
+        raise diverged(f"the training loss became {float(metrics['loss'])} at step {step}",
+                       self.workdir, self.config.dtype)
     batch = self.config.batch_size
     for metrics in values:
       self.sums["loss_sum"] += float(metrics["loss"]) * batch
@@ -319,6 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
   run = _Run(config, Path(workdir))
   try:
-    return run.run()
+    with run_guard.armed_nan_checks():
+      return run.run()
   finally:
     run.lock.release()

@@ -5,6 +5,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jax_attn import trainer
 from conftest import TINY
 
 
@@ -79,6 +80,28 @@ def test_diverging_loss_stops_and_keeps_good_checkpoints(main_cli, tmp_path):
     tree = manager.restore(step)
     leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(tree["state"]["params"])]
     assert all(np.all(np.isfinite(x)) for x in leaves), step
+
+
+def test_jax_debug_nans_names_the_op_in_any_step(main_cli, tmp_path):
+  # The NaN first appears in step 2's output: JAX's check must still be armed after step 1's
+  # trace (run_guard.armed_nan_checks), and name the op and our source line, not only the step.
+  result = main_cli(["--model=vit", *TINY, "--optimizer=sgd", "--learning_rate=1e12",
+                     "--log_every_steps=1", "--max_steps=4", f"--workdir={tmp_path}"],
+                    env={"JAX_DEBUG_NANS": "True"}, check=False)
+  assert result.returncode != 0
+  assert "FloatingPointError: invalid value (nan) encountered in" in result.stderr, result.stderr
+  assert "jax_attn/" in result.stderr.split("FloatingPointError")[0]  # the model's own frames
+  assert "loss became" not in result.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_divergence_error_names_the_checkpoint_and_what_to_change(tmp_path, dtype):
+  message = str(trainer.diverged("the training loss became nan at step 5", tmp_path, dtype))
+  assert message.startswith("the training loss became nan at step 5: stopping;")
+  assert f"the last good checkpoint in {tmp_path / 'checkpoints'} is kept" in message
+  assert "--learning_rate" in message and "--grad_clip_norm" in message
+  assert ("--dtype=float32" in message) == (dtype == "bfloat16"), message
+  assert "\n" not in message
 
 
 def test_unreadable_latest_checkpoint_falls_back(main_cli, tmp_path):
