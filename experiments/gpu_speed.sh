@@ -7,8 +7,8 @@
 #   B. the seed recipe's 10 epochs alone: float32 and bf16, with the fastest settings (flash;
 #      einsum again if a flash run does not finish)
 #   C. the bf16 NaN hunt: 10 bf16 runs of 300 steps side by side, each dumping XLA's autotuning
-#      choices; up to three that go NaN are replayed with their choices and JAX_DEBUG_NANS, which
-#      names the first op that made a NaN; controls beside them: deterministic ops, no
+#      choices; if any goes NaN, up to three are replayed with their choices and JAX_DEBUG_NANS,
+#      which names the first op that made a NaN, beside controls: deterministic ops, no
 #      autotuning, no command buffers (CUDA graphs)
 #   D. scaling: step time and peak memory at 32, 64 and 96 px, einsum against flash
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
@@ -51,44 +51,49 @@ seed_fast() {  # NAME ARGS...: flash attention; if that run did not finish (a ke
 seed_fast seed_f32_fast
 seed_fast seed_bf16_fast --dtype=bfloat16
 
-stamp "C: bf16 NaN hunt, 10 runs and 5 controls side by side"
+stamp "C: bf16 NaN hunt: 10 runs side by side; controls and replays if one goes NaN"
 bf16_run() {  # NAME ARGS...: a short bf16 run of the seed recipe
   local name="$1"; shift
   train "$name" --model=sa_cnn --recipe=seed --dtype=bfloat16 --max_steps=$nan_steps "$@"
 }
+went_nan() { grep -q "became nan\|non-finite\|FloatingPointError" "$runs/$1.log"; }
+finished() { ls "$@" 2>/dev/null | xargs -rn1 dirname | xargs -rn1 basename | tr '\n' ' '; }
 for i in $(seq 0 9); do
   XLA_FLAGS="--xla_gpu_dump_autotune_results_to=$runs/autotune_$i.textproto" \
     bf16_run nan_$i --seed=$i &
 done
-# Controls at seed 0, which went NaN at step 5 in two of five runs on the H100: if the NaN comes
-# from an algorithm the autotuner picks (timings are noisy with the GPU shared), it never shows
-# without autotuning; if from replaying the step as a CUDA graph, never without command buffers.
-XLA_FLAGS="--xla_gpu_deterministic_ops=true" bf16_run nan_deterministic &
-for r in a b; do
-  XLA_FLAGS="--xla_gpu_autotune_level=0" bf16_run nan_no_autotune_$r --max_steps=$control_steps &
-  XLA_FLAGS="--xla_gpu_enable_command_buffer=" bf16_run nan_no_cmdbuf_$r --max_steps=$control_steps &
-done
 wait_runs
-went_nan() { grep -q "became nan\|non-finite\|FloatingPointError" "$runs/$1.log"; }
-replays=0
-for i in $(seq 0 9); do  # replay (side by side, at most three) what went NaN, naming its first op
-  went_nan nan_$i || continue
-  [ $(( replays++ )) -lt 3 ] || break
-  stamp "nan_$i went NaN: replaying its autotuning choices under JAX_DEBUG_NANS"
-  JAX_DEBUG_NANS=True XLA_FLAGS="--xla_gpu_load_autotune_results_from=$runs/autotune_$i.textproto" \
-    bf16_run nan_${i}_replay --seed=$i --log_every_steps=1 &
-done
-wait_runs
-for log in "$runs"/nan_*.log; do went_nan "$(basename "$log" .log)" && echo "NaN in: $log"; done
-for log in "$runs"/nan_*_replay.log; do  # the op JAX names, the last line of ours it ran
-  [ -f "$log" ] || continue
-  echo "$(basename "$log"): $(grep -o 'FloatingPointError: .\{0,80\}' "$log" | head -n 1) at" \
-    "$(grep -o 'jax_attn/[a-z_]*\.py", line [0-9]*' "$log" | tail -n 1)$(grep -q \
-    'de-optimized function did not' "$log" && echo '; op by op it stayed finite: a compiled kernel')"
-done
-stamp "C: $(grep -L "became nan\|non-finite" "$runs"/nan_?.log | wc -l) of 10 bf16 runs finite;" \
-  "controls finite: $(grep -L "became nan\|non-finite" "$runs"/nan_no_*.log "$runs"/nan_det*.log \
-  | xargs -n1 basename | tr '\n' ' ')"
+nans=$(for i in $(seq 0 9); do went_nan nan_$i && echo nan_$i; done | tr '\n' ' ')
+stamp "C: $(finished "$runs"/nan_?/summary.json | wc -w) of 10 bf16 runs of $nan_steps steps" \
+  "finished finite; went NaN: ${nans:-none}"
+if [ -n "$nans" ]; then
+  # Controls at seed 0, which went NaN at step 5 in two of five runs on the H100: if the NaN
+  # comes from an algorithm the autotuner picks (timings are noisy with the GPU shared), it
+  # never shows without autotuning; if from replaying the step as a CUDA graph, never without
+  # command buffers.
+  XLA_FLAGS="--xla_gpu_deterministic_ops=true" bf16_run nan_deterministic &
+  for r in a b; do
+    XLA_FLAGS="--xla_gpu_autotune_level=0" bf16_run nan_no_autotune_$r --max_steps=$control_steps &
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=" \
+      bf16_run nan_no_cmdbuf_$r --max_steps=$control_steps &
+  done
+  replays=0
+  for name in $nans; do  # replay up to three, each with its own autotuning choices
+    [ $(( replays++ )) -lt 3 ] || break
+    stamp "$name went NaN: replaying its autotuning choices under JAX_DEBUG_NANS"
+    i=${name#nan_}
+    JAX_DEBUG_NANS=True XLA_FLAGS="--xla_gpu_load_autotune_results_from=$runs/autotune_$i.textproto" \
+      bf16_run ${name}_replay --seed=$i --log_every_steps=1 &
+  done
+  wait_runs
+  for log in "$runs"/nan_*_replay.log; do  # the op JAX names, the last line of ours it ran
+    echo "$(basename "$log"): $(grep -o 'FloatingPointError: .\{0,80\}' "$log" | head -n 1) at" \
+      "$(grep -o 'jax_attn/[a-z_]*\.py", line [0-9]*' "$log" | tail -n 1)$(grep -q \
+      'de-optimized function did not' "$log" && echo '; op by op it stayed finite: a kernel')"
+  done
+  stamp "C: controls that finished finite:" \
+    "$(finished "$runs"/nan_no_*/summary.json "$runs"/nan_deterministic/summary.json)"
+fi
 
 stamp "D: scaling with resolution (einsum against flash)"
 for size in $sizes; do
