@@ -14,10 +14,11 @@
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
 # then the device call carries ".data". Without it phase B uses synthetic data.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_speed.sh "$OUT" [SECONDS]
-# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 400
+# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 1800 (848 s on 2 cores)
 source "$(dirname "$0")/gpu_common.sh" "$@"
 
-steps=20; rounds=2; nan_steps=300; control_steps=50; sizes="32 64 96"; preset="--preset=seed"; k=20; slow=1
+steps=20; rounds=2; nan_steps=300; control_steps=50; sizes="32 64 96"; preset="--preset=seed"
+k=20; slow=1
 if [ -n "${SMOKE:-}" ]; then  # a 2-core CPU: tiny steps, longer limits (torch.compile alone ~30 s)
   steps=2; rounds=1; nan_steps=3; control_steps=3; sizes="16 24"; preset="--preset=tiny --image_size=16 --batch_size=8"
   k=2; slow=3
@@ -56,7 +57,7 @@ bf16_run() {  # NAME ARGS...: a short bf16 run of the seed recipe
   local name="$1"; shift
   train "$name" --model=sa_cnn --recipe=seed --dtype=bfloat16 --max_steps=$nan_steps "$@"
 }
-went_nan() { grep -q "became nan\|non-finite\|FloatingPointError" "$runs/$1.log"; }
+went_nan() { grep -q "became -\?\(nan\|inf\)\|non-finite\|FloatingPointError" "$runs/$1.log"; }
 finished() { ls "$@" 2>/dev/null | xargs -rn1 dirname | xargs -rn1 basename | tr '\n' ' '; }
 for i in $(seq 0 9); do
   XLA_FLAGS="--xla_gpu_dump_autotune_results_to=$runs/autotune_$i.textproto" \
