@@ -20,6 +20,7 @@ from jax_attn import parallel as parallel_lib
 from jax_attn.parallel import Parallel
 from jax_attn.train import (Lookahead, create_state, eval_result, evaluate, make_eval_body,
                             make_train_body, with_params)
+from jax_attn.train_meter import TrainMeter, tta_note
 
 
 class NonFiniteLossError(UserError):
@@ -94,9 +95,7 @@ class _Run:
                                           replicated=2)
     self.checkpointer = checkpoint.Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                                 self.writer.log)
-    self.sums = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
-    self.train_wall = 0.0
-    self.images_seen = 0
+    self.meter = TrainMeter(self.writer, self.schedule, config.batch_size, self.end_step)
 
   def _initial_state(self, image_shape: tuple[int, ...]) -> tuple[Any, Any]:
     """The step-0 train state (whitening filters from the training images) and its optimizer.
@@ -130,10 +129,7 @@ class _Run:
     state_dict = flax.serialization.to_state_dict(state)
     if not state_dict["slow"]:  # no lookahead: the layout of checkpoints written before it
       del state_dict["slow"]
-    return {"state": state_dict,
-            "epoch_sums": {k: np.float64(v) for k, v in self.sums.items()},
-            "totals": {"train_wall": np.float64(self.train_wall),
-                       "images_seen": np.float64(self.images_seen)}}
+    return {"state": state_dict, **self.meter.checkpoint_tree()}
 
   def _restore(self) -> None:
     restored = self.checkpointer.restore_latest(self._checkpoint_tree(self.host_state))
@@ -142,9 +138,7 @@ class _Run:
     step, tree = restored
     self.host_state = flax.serialization.from_state_dict(self.host_state,
                                                          {"slow": {}, **tree["state"]})
-    self.sums = {k: float(v) for k, v in tree["epoch_sums"].items()}
-    self.train_wall = float(tree["totals"]["train_wall"])  # summaries cover the whole run
-    self.images_seen = int(tree["totals"]["images_seen"])
+    self.meter.restore(tree)
     self.writer.truncate_after(step)
     self.writer.log(f"resumed from the checkpoint at step {step} in {self.workdir}")
 
@@ -166,47 +160,22 @@ class _Run:
       if not np.isfinite(metrics["loss"]):
         raise diverged(f"the training loss became {float(metrics['loss'])} at step {step}",
                        self.workdir, self.config.dtype)
-    batch = self.config.batch_size
-    for metrics in values:
-      self.sums["loss_sum"] += float(metrics["loss"]) * batch
-      self.sums["correct_sum"] += float(metrics["accuracy"]) * batch
-      self.sums["count"] += batch
-    elapsed = time.perf_counter() - interval_start
-    self.train_wall += elapsed
-    self.images_seen += batch * len(values)
-    last_step = pending[-1][0]
-    images_per_sec = batch * len(values) / max(elapsed, 1e-9)
-    loss = float(np.mean([m["loss"] for m in values]))
-    self.writer.write_metrics({
-        "step": last_step, "epoch": epoch + 1, "train_loss": loss,
-        "train_accuracy": float(np.mean([m["accuracy"] for m in values])),
-        "eval_loss": None, "eval_accuracy": None,
-        "learning_rate": float(self.schedule(last_step - 1)),
-        "images_per_sec": images_per_sec, "wall_s": self.train_wall})
-    self.writer.progress(last_step, self.end_step, loss, images_per_sec)
+    self.meter.window(values, pending[-1][0], epoch, time.perf_counter() - interval_start)
     pending.clear()
 
   def _end_epoch(self, state: Any, epoch: int, step: int) -> dict[str, float] | None:
-    count = max(self.sums["count"], 1.0)
-    loss, accuracy = self.sums["loss_sum"] / count, self.sums["correct_sum"] / count
-    last = step >= self.end_step
-    record = {"step": step, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
-              "eval_loss": None, "eval_accuracy": None,
-              "learning_rate": float(self.schedule(step - 1)),
-              "images_per_sec": self.images_seen / max(self.train_wall, 1e-9),
-              "wall_s": self.train_wall}
+    record = self.meter.close_epoch(step, epoch)
     evaluation = None
-    line = f"Loss: {loss:.4f}, Epoch [{epoch + 1}]"
-    if last or (epoch + 1) % self.config.eval_every_epochs == 0:
+    line = f"Loss: {record['train_loss']:.4f}, Epoch [{epoch + 1}]"
+    if step >= self.end_step or (epoch + 1) % self.config.eval_every_epochs == 0:
       evaluation = self._evaluate(state)
       record.update(eval_loss=evaluation["eval_loss"], eval_accuracy=evaluation["eval_accuracy"])
       line += f", eval accuracy {evaluation['eval_accuracy']:.2%} on {self.eval_spec}"
       if "eval_accuracy_no_flip" in evaluation:
         record["eval_accuracy_no_flip"] = evaluation["eval_accuracy_no_flip"]
-      line += _tta_note(evaluation, self.config)
+      line += tta_note(evaluation, self.config)
     self.writer.write_metrics(record)
     self.writer.log(line)
-    self.sums = {k: 0.0 for k in self.sums}
     return evaluation
 
   def _evaluate(self, state: Any) -> dict[str, float]:
@@ -301,26 +270,17 @@ class _Run:
         "eval_flip": self.config.eval_flip,
         **({"eval_accuracy_no_flip": evaluation["eval_accuracy_no_flip"]}
            if "eval_accuracy_no_flip" in evaluation else {}),
-        "train_split": self.train_spec, "train_wall_s": self.train_wall,
-        "train_images_per_sec": self.images_seen / max(self.train_wall, 1e-9),
+        "train_split": self.train_spec, "train_wall_s": self.meter.train_wall,
+        "train_images_per_sec": self.meter.images_per_sec,
         "devices": self.parallel.num_devices, "processes": jax.process_count(),
         "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
         "dtype": config.dtype, "parallel": config.parallel, "jax_version": jax.__version__,
         "python": platform.python_version(), "seed": config.seed}
     self.writer.write_json("summary.json", summary)
     self.writer.log(f"Accuracy on {self.eval_spec} ({evaluation['eval_count']} images): "
-                    f"{evaluation['eval_accuracy']:.2%}{_tta_note(evaluation, config)}; eval loss {evaluation['eval_loss']:.4f}; "
-                    f"{self.num_params:,} parameters")
+                    f"{evaluation['eval_accuracy']:.2%}{tta_note(evaluation, config)}; "
+                    f"eval loss {evaluation['eval_loss']:.4f}; {self.num_params:,} parameters")
     return summary
-
-
-def _tta_note(evaluation: dict[str, float], config: ml_collections.ConfigDict) -> str:
-  """Says that the accuracy used test-time augmentation (which views), with the plain figure."""
-  if "eval_accuracy_no_flip" not in evaluation:
-    return ""
-  views = " and ".join((["flip"] if config.eval_flip else [])
-                       + ([f"+-{config.eval_translate} px"] if config.eval_translate else []))
-  return f" with {views} test-time augmentation ({evaluation['eval_accuracy_no_flip']:.2%} without)"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:

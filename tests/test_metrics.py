@@ -1,4 +1,5 @@
-"""MetricsWriter's TensorBoard event files, read back with TensorBoard's own loader."""
+"""MetricsWriter's TensorBoard event files, read back with TensorBoard's own loader, and the
+train meter's records."""
 import json
 import sys
 import types
@@ -108,3 +109,28 @@ def test_without_tensorboardx_only_metrics_jsonl(tmp_path, monkeypatch, capsys):
 def test_torch_is_not_left_hidden(tmp_path):
   _write(tmp_path, RECORDS[:1])
   assert sys.modules.get("torch", "absent") is not None  # importable afterwards if installed
+
+
+def test_train_meter_means_and_checkpointed_totals(tmp_path):
+  """Window records hold their steps' means; the epoch record holds the epoch's (batch-weighted)
+  means and the run's images/s; a meter restored from its checkpoint tree carries on the same."""
+  from jax_attn.train_meter import TrainMeter  # noqa: PLC0415
+  writer = MetricsWriter(tmp_path)
+  writer.start_progress(4, 0)
+  meter = TrainMeter(writer, lambda step: 0.1 * step, batch_size=4, end_step=4)
+  meter.window([{"loss": 1.0, "accuracy": 0.25}, {"loss": 3.0, "accuracy": 0.75}], 2, 0, 2.0)
+  restored = TrainMeter(writer, lambda step: 0.1 * step, batch_size=4, end_step=4)
+  restored.restore(meter.checkpoint_tree())
+  for m in (meter, restored):
+    m.window([{"loss": 5.0, "accuracy": 1.0}], 3, 0, 2.0)
+  closing = [m.close_epoch(3, 0) for m in (meter, restored)]
+  writer.close()
+  assert closing[0] == closing[1]
+  assert closing[0]["train_loss"] == pytest.approx(3.0)
+  assert closing[0]["train_accuracy"] == pytest.approx(2.0 / 3)
+  assert closing[0]["images_per_sec"] == pytest.approx(12 / 4.0)
+  assert closing[0]["wall_s"] == pytest.approx(4.0) and closing[0]["learning_rate"] == 0.2 * 1
+  assert meter.sums == {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0.0}
+  first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+  assert (first["train_loss"], first["train_accuracy"], first["images_per_sec"]) == (2.0, 0.5, 4.0)
+  assert first["learning_rate"] == pytest.approx(0.1)
