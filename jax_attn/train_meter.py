@@ -54,25 +54,26 @@ class TrainMeter:
     self.images_seen += batch * len(values)
     loss = float(np.mean([m["loss"] for m in values]))
     images_per_sec = batch * len(values) / max(elapsed, 1e-9)
-    self.writer.write_metrics({
-        "step": last_step, "epoch": epoch + 1, "train_loss": loss,
-        "train_accuracy": float(np.mean([m["accuracy"] for m in values])),
-        "eval_loss": None, "eval_accuracy": None,
-        "learning_rate": float(self.schedule(last_step - 1)),
-        "images_per_sec": images_per_sec, "wall_s": self.train_wall})
+    self.writer.write_metrics(self._record(
+        last_step, epoch, loss, float(np.mean([m["accuracy"] for m in values])), images_per_sec))
     self.writer.progress(last_step, self.end_step, loss, images_per_sec)
 
   def close_epoch(self, step: int, epoch: int) -> dict[str, Any]:
     """The epoch's closing record (its train means; evaluation to be filled in), and a fresh
     epoch."""
     count = max(self.sums["count"], 1.0)
-    record = {"step": step, "epoch": epoch + 1, "train_loss": self.sums["loss_sum"] / count,
-              "train_accuracy": self.sums["correct_sum"] / count,
-              "eval_loss": None, "eval_accuracy": None,
-              "learning_rate": float(self.schedule(step - 1)),
-              "images_per_sec": self.images_per_sec, "wall_s": self.train_wall}
+    record = self._record(step, epoch, self.sums["loss_sum"] / count,
+                          self.sums["correct_sum"] / count, self.images_per_sec)
     self.sums = {k: 0.0 for k in self.sums}
     return record
+
+  def _record(self, step: int, epoch: int, loss: float, accuracy: float,
+              images_per_sec: float) -> dict[str, Any]:
+    """A metrics.jsonl record of the training figures at ``step``; no evaluation yet."""
+    return {"step": step, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
+            "eval_loss": None, "eval_accuracy": None,
+            "learning_rate": float(self.schedule(step - 1)),
+            "images_per_sec": images_per_sec, "wall_s": self.train_wall}
 
 
 def tta_note(evaluation: dict[str, float], config: ml_collections.ConfigDict) -> str:
