@@ -102,4 +102,4 @@ for size in $sizes; do
     bench scale_${size}px_$impl 40 --image_size=$size --attention_impl=$impl --steps=6 --rounds=1
   done
 done
-finish seed_f32_fast
+finish seed_f32_fast seed_f32_fast_einsum
