@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -51,8 +52,28 @@ class Lookahead:
     return state.replace(slow=slow, params=fast["params"], batch_stats=fast["batch_stats"])
 
 
+# The one-off initialisation compiles at LLVM -O1 on the CPU: half the default -O2's compile
+# time for the same bits (checked for every preset and model).
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                  image_shape: tuple[int, int, int], lookahead: bool = False) -> TrainState:
+  """The initial state of ``seed``, built by one compiled program.
+
+  Run eagerly, ``model.init`` compiles each op and the dummy forward pass separately: 13 s for
+  the seed SA-CNN on the project's CPU, against 4.5 s jitted (the forward pass is dead code).
+  The bits are the eager init's, except where XLA folds an initializer's constants together:
+  the tuned ViTs' class token and position table (``normal * 0.02``) move by <= 1e-8.
+  """
+  options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  build = functools.partial(initial_state, model, tx, seed, image_shape, lookahead)
+  return jax.jit(build, compiler_options=options)()
+
+
+def initial_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
+                  image_shape: tuple[int, int, int], lookahead: bool = False) -> TrainState:
+  """``create_state``'s computation, traceable (run eagerly, it is the slow op-by-op init)."""
   root = jax.random.key(seed)
   variables = models.init_variables(model, jax.random.fold_in(root, 0), image_shape)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})

@@ -4,10 +4,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import parameterized
 
-from jax_attn import models
+from jax_attn import models, train
 
 
 def test_seed_parameter_counts_match_the_reference():
@@ -175,14 +176,26 @@ def test_unknown_model_and_preset():
     models.get_model("vit", "huge")
 
 
+def _init_params(model, image_shape=(32, 32, 3)):
+  return train.create_state(model, optax.identity(), 0, image_shape).params
+
+
+def test_create_state_compiles_the_eager_init_bits():
+  """One compiled program (at -O1 on the CPU), the same state as running the init eagerly."""
+  model, tx = models.get_model("sa_cnn", "tiny"), optax.adam(1e-3)
+  compiled = train.create_state(model, tx, 7, (8, 8, 3), lookahead=True)
+  eager = train.initial_state(model, tx, 7, (8, 8, 3), lookahead=True)
+  chex.assert_trees_all_equal(compiled, eager)  # bit for bit
+  assert compiled.slow["params"] and int(compiled.step) == 0
+
+
 def test_torch_init_style_matches_pytorch_default_ranges():
-  params = models.init_variables(models.get_model("vit"), jax.random.key(0), (32, 32, 3))["params"]
+  params = _init_params(models.get_model("vit"))
   query = params["encoder_block0"]["attention"]["query"]
   bound = 1 / 128 ** 0.5  # nn.Linear(128, 128): U(-1/sqrt(128), 1/sqrt(128)) for weight and bias
   for leaf in (query["kernel"], query["bias"]):
     assert float(jnp.max(jnp.abs(leaf))) <= bound and float(jnp.max(jnp.abs(leaf))) > 0.9 * bound
-  flax_style = models.init_variables(models.get_model("vit", init_style="flax"),
-                                     jax.random.key(0), (32, 32, 3))["params"]
+  flax_style = _init_params(models.get_model("vit", init_style="flax"))
   assert float(jnp.max(jnp.abs(flax_style["encoder_block0"]["attention"]["query"]["bias"]))) == 0
   tokens = params["class_token"]["class_token"]
   assert tokens.shape == (1, 1, 128) and 0.5 < float(jnp.std(params["pos_embedding"]["pos_embedding"])) < 1.5

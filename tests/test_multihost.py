@@ -30,20 +30,22 @@ def _params(workdir, step=10):
   return jax.tree.leaves(manager.restore(step)["state"]["params"])
 
 
-@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
-def test_two_processes_match_one_process(tmp_path, mode):
+def test_two_processes_match_one_process(tmp_path):
+  """Two processes of 2 devices each train 6 steps with pmap, and a second launch restores in
+  both and goes on to step 10 with shard_map: the params of one process with 4 devices."""
   two, one = tmp_path / "two", tmp_path / "one"
-  for max_steps in (6, 10):  # the second launch restores from all processes, then goes on
+  for max_steps, mode in ((6, "pmap"), (10, "shard_map")):
     result = subprocess.run(
         [LAUNCH, "--num_processes=2", "--", *ARGS, "--num_cpu_devices=2", f"--parallel={mode}",
          f"--max_steps={max_steps}", f"--workdir={two}"], env=ENV, capture_output=True,
         text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
+    assert "[p0]" in result.stdout and "4 cpu device(s)" in result.stdout
+    assert f"--parallel={mode}" in result.stdout
+    assert "[p1] vit (tiny)" not in result.stdout  # only process 0 reports
   assert "[p0] resumed from the checkpoint at step 6" in result.stdout
-  assert "[p0]" in result.stdout and "4 cpu device(s)" in result.stdout
-  assert "[p1] vit (tiny)" not in result.stdout  # only process 0 reports
   subprocess.run([sys.executable, "-m", "jax_attn.main", *ARGS, "--num_cpu_devices=4",
-                  f"--parallel={mode}", f"--workdir={one}"], env=ENV, check=True,
+                  "--parallel=pmap", f"--workdir={one}"], env=ENV, check=True,
                  capture_output=True, timeout=300)
   for a, b in zip(_params(two), _params(one), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
