@@ -52,8 +52,8 @@ class Lookahead:
     return state.replace(slow=slow, params=fast["params"], batch_stats=fast["batch_stats"])
 
 
-# The one-off initialisation compiles at LLVM -O1 on the CPU: half the default -O2's compile
-# time for the same bits (checked for every preset and model).
+# The one-off initialisation compiles at LLVM -O1 on the CPU: 30-88 % of the default -O2's
+# time for the same bits (every preset: experiments/cpu_init_check.py).
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
@@ -61,8 +61,8 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                  image_shape: tuple[int, int, int], lookahead: bool = False) -> TrainState:
   """The initial state of ``seed``, built by one compiled program.
 
-  Run eagerly, ``model.init`` compiles each op and the dummy forward pass separately: 13 s for
-  the seed SA-CNN on the project's CPU, against 4.5 s jitted (the forward pass is dead code).
+  Run eagerly, ``model.init`` compiles each op and the dummy forward pass separately: 15 s for
+  the seed SA-CNN on the project's CPU, against 4.4 s jitted (the forward pass is dead code).
   The bits are the eager init's, except where XLA folds an initializer's constants together:
   the tuned ViTs' class token and position table (``normal * 0.02``) move by <= 1e-8.
   """

@@ -1,0 +1,54 @@
+"""Seconds to build a model's initial state, each way in a fresh process (compiles cannot be
+reused), and whether its bits equal the eager init's. Used for the figures in
+experiments/README.md ("The model init as one program").
+
+    PYTHONPATH=. python experiments/cpu_init_check.py sa_cnn seed
+    PYTHONPATH=. python experiments/cpu_init_check.py vit tuned
+
+Ways: ``eager`` (``train.initial_state`` op by op, as before session 22), ``jit-O2`` (XLA's
+default options), ``jit-O1`` (what ``train.create_state`` runs on the CPU) and ``jit-O0``.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = """
+import sys, time
+import jax, numpy as np, optax
+from jax_attn import models, train
+name, preset, way, out = sys.argv[1:]
+model, size = models.get_model(name, preset), 8 if preset == "tiny" else 32
+build = lambda: train.initial_state(model, optax.adam(1e-3), 0, (size, size, 3), True)
+levels = {"jit-O2": None, "jit-O1": 1, "jit-O0": 0}
+start = time.perf_counter()
+if way == "eager":
+  state = build()
+else:
+  options = None if levels[way] is None else {"xla_backend_optimization_level": levels[way]}
+  state = jax.jit(build, compiler_options=options)()
+leaves = [np.asarray(x) for x in jax.tree.leaves(jax.block_until_ready(state))]
+print(f"{time.perf_counter() - start:.1f}")
+np.savez(out, *leaves)
+"""
+
+
+def main(name: str, preset: str) -> None:
+  import numpy as np
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  with tempfile.TemporaryDirectory() as tmp:
+    leaves = {}
+    for way in ("eager", "jit-O2", "jit-O1", "jit-O0"):
+      out = os.path.join(tmp, f"{way}.npz")
+      seconds = subprocess.run([sys.executable, "-c", CHILD, name, preset, way, out], env=env,
+                               check=True, capture_output=True, text=True).stdout.split()[-1]
+      with np.load(out) as arrays:
+        leaves[way] = [arrays[k] for k in sorted(arrays.files, key=lambda k: int(k[4:]))]
+      diff = max(float(np.max(np.abs(a.astype(float) - b), initial=0.0))
+                 for a, b in zip(leaves["eager"], leaves[way], strict=True))
+      print(f"{name}/{preset} {way:7s} {seconds:>6s} s  max |state - eager state| = {diff:.2g}",
+            flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:3])
