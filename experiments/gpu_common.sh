@@ -58,7 +58,8 @@ finish() {  # RUN...: waits for every job, lists the summaries, packs; checkpoin
   stamp "all runs ended"
   $py - "$runs" <<'PYEOF'
 import json, pathlib, sys
-for d in sorted(p for p in pathlib.Path(sys.argv[1]).iterdir() if p.is_dir()):
+runs = pathlib.Path(sys.argv[1]).iterdir()  # training runs (a bench --profile folder is none)
+for d in sorted(p for p in runs if (p / "config.json").exists() or (p / "summary.json").exists()):
   s = d / "summary.json"
   if s.exists():
     r = json.loads(s.read_text())

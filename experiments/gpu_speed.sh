@@ -14,7 +14,7 @@
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
 # then the device call carries ".data". Without it phase B uses synthetic data.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_speed.sh "$OUT" [SECONDS]
-# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 1800 (848 s on 2 cores)
+# Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 1800 (524-848 s on 2 cores)
 source "$(dirname "$0")/gpu_common.sh" "$@"
 
 steps=20; rounds=2; nan_steps=300; control_steps=50; sizes="32 64 96"; preset="--preset=seed"
