@@ -6,12 +6,14 @@ experiments/README.md ("The model init as one program").
     PYTHONPATH=. python experiments/cpu_init_check.py vit tuned
 
 Ways: ``eager`` (``train.initial_state`` op by op, as before session 22), ``jit-O2`` (XLA's
-default options), ``jit-O1`` (what ``train.create_state`` runs on the CPU) and ``jit-O0``.
+default options), ``jit-O1`` (``train.create_state`` itself, on the CPU) and ``jit-O0``.
 """
 import os
 import subprocess
 import sys
 import tempfile
+
+import numpy as np
 
 CHILD = """
 import sys, time
@@ -19,14 +21,17 @@ import jax, numpy as np, optax
 from jax_attn import models, train
 name, preset, way, out = sys.argv[1:]
 model, size = models.get_model(name, preset), 8 if preset == "tiny" else 32
-build = lambda: train.initial_state(model, optax.adam(1e-3), 0, (size, size, 3), True)
-levels = {"jit-O2": None, "jit-O1": 1, "jit-O0": 0}
+args = (model, optax.adam(1e-3), 0, (size, size, 3), True)
+build = lambda: train.initial_state(*args)
 start = time.perf_counter()
 if way == "eager":
   state = build()
+elif way == "jit-O1":  # the product's own path
+  state = train.create_state(*args)
 else:
-  options = None if levels[way] is None else {"xla_backend_optimization_level": levels[way]}
-  state = jax.jit(build, compiler_options=options)()
+  level = {"jit-O2": None, "jit-O0": 0}[way]
+  state = jax.jit(build, compiler_options=None if level is None else
+                  {"xla_backend_optimization_level": level})()
 leaves = [np.asarray(x) for x in jax.tree.leaves(jax.block_until_ready(state))]
 print(f"{time.perf_counter() - start:.1f}")
 np.savez(out, *leaves)
@@ -34,7 +39,6 @@ np.savez(out, *leaves)
 
 
 def main(name: str, preset: str) -> None:
-  import numpy as np
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   with tempfile.TemporaryDirectory() as tmp:
     leaves = {}
