@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Device call for the GPU-speed issue (H100/H200; <= 8 minutes), from the source tree (installs
 # nothing). Phases, all bounded by one deadline, timing phases alone on the GPU:
-#   A. the race: seed SA-CNN train step against eager PyTorch and torch.compile, float32 and
-#      bf16, einsum and flash attention, K = 1 and K = 20 steps per call; a profile of the
-#      einsum and the fastest step (python -m jax_attn.profile_table "$OUT"/profile)
+#   A. the race: seed SA-CNN train step against eager PyTorch (every row) and torch.compile
+#      (the K = 20 rows), float32 and bf16, einsum and flash attention, K = 1 and K = 20 steps
+#      per call; a profile of the einsum and the K = 20 step (python -m jax_attn.profile_table)
 #   B. the seed recipe's 10 epochs alone: float32 and bf16, with the fastest settings (flash;
 #      einsum again if a flash run does not finish)
 #   C. the bf16 NaN hunt: 10 bf16 runs of 300 steps side by side, each dumping XLA's autotuning
@@ -11,6 +11,8 @@
 #      which names the first op that made a NaN, beside controls: deterministic ops, no
 #      autotuning, no command buffers (CUDA graphs)
 #   D. scaling: step time and peak memory at 32, 64 and 96 px, einsum against flash
+# Then `python -m jax_attn.speed_report` writes "$OUT"/speed_report.md (each phase against the
+# issue's targets) and "$OUT"/scaling.png.
 # Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
 # then the device call carries ".data". Without it phase B uses synthetic data.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_speed.sh "$OUT" [SECONDS]
@@ -31,12 +33,20 @@ bench() {  # NAME SECONDS ARGS...: one bench call, its JSON (or its error) kept
 }
 
 stamp "A: the race (alone on the GPU)"
-bench f32_einsum 120 --against=torch,torch_compile --profile="$runs/profile/f32_einsum"
-bench f32_flash_k$k 60 --attention_impl=flash --steps_per_call=$k
-bench bf16_einsum 60 --dtype=bfloat16 --against=torch,torch_compile
-bench bf16_flash_k$k 60 --dtype=bfloat16 --attention_impl=flash --steps_per_call=$k \
-  --profile="$runs/profile/bf16_flash_k$k"
-bench bf16_fused_k$k 45 --dtype=bfloat16 --attention_impl=fused --steps_per_call=$k
+# Every row races eager PyTorch in its own process, and the many-steps rows (the candidates
+# for the fastest step) torch.compile too: each ratio comes from one run. A flash row without a
+# result (a kernel that fails to build under this jax, say) is followed by the same with einsum.
+race_k() {  # DTYPE_NAME ARGS...: K steps per call, flash attention (einsum if flash gives nothing)
+  local name="$1"; shift
+  bench ${name}_flash_k$k 120 --attention_impl=flash --steps_per_call=$k --against=torch,torch_compile "$@"
+  [ -s "$runs/bench_${name}_flash_k$k.json" ] ||
+    bench ${name}_einsum_k$k 120 --steps_per_call=$k --against=torch,torch_compile "$@"
+}
+bench f32_einsum 90 --against=torch --profile="$runs/profile/f32_einsum"
+race_k f32
+bench bf16_einsum 60 --dtype=bfloat16 --against=torch
+race_k bf16 --dtype=bfloat16 --profile="$runs/profile/bf16_k$k"
+bench bf16_fused_k$k 60 --dtype=bfloat16 --attention_impl=fused --steps_per_call=$k --against=torch
 $py -m jax_attn.profile_table "$runs/profile" > "$runs/profile_table.md" 2>&1
 cat "$runs/profile_table.md"
 
@@ -103,3 +113,6 @@ for size in $sizes; do
   done
 done
 finish seed_f32_fast seed_f32_fast_einsum
+# Every phase's figures against the issue's targets, and the scaling plot
+$py -m jax_attn.speed_report "$runs" --plot="$out/scaling.png" > "$out/speed_report.md" 2>&1
+cat "$out/speed_report.md"
