@@ -33,7 +33,8 @@ def bench_error(err: str) -> str:
   """What went wrong in a bench call without a JSON result, in a few words."""
   if re.search(r"RESOURCE_EXHAUSTED|[Oo]ut of memory", err):
     return "out of memory"
-  lines = [l for l in err.splitlines() if re.search(r"Error|error:", l)]
+  # a traceback's last line, or our own one-line error (not a log line that mentions errors)
+  lines = re.findall(r"^(?:[\w.]*(?:Error|Exception)\b.*|jax_attn: error: .*)$", err, re.M)
   return lines[-1].strip()[:120] if lines else "no result (cut off at its time limit?)"
 
 

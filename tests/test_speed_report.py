@@ -29,7 +29,9 @@ def runs(tmp_path):
   the ten bf16 runs, and einsum out of memory at 96 px."""
   _bench(tmp_path, "f32_einsum", dtype="float32", attention_impl="einsum", steps_per_call=1,
          train_step_ms=8.0, torch_train_step_ms=18.0, speedup_train=2.25)
-  _bench(tmp_path, "f32_flash_k20", err="jax.errors.JaxRuntimeError: INTERNAL: Triton failed\n")
+  _bench(tmp_path, "f32_flash_k20", err="Traceback (most recent call last):\n"
+         "jax.errors.JaxRuntimeError: INTERNAL: Triton failed\nI1203 cleanup: no error: fine\n")
+  _bench(tmp_path, "bf16_einsum", err="W1203 cuda_timer.cc:88] Delay kernel error: timed out\n")
   _bench(tmp_path, "f32_einsum_k20", dtype="float32", attention_impl="einsum", steps_per_call=20,
          train_step_ms=6.0, speedup_train=3.0, speedup_train_compile=0.9)
   _bench(tmp_path, "bf16_flash_k20", dtype="bfloat16", attention_impl="flash", steps_per_call=20,
@@ -68,7 +70,8 @@ def test_each_phase_is_read_against_its_target(runs, tmp_path):
   assert "- float32, faster than torch.compile: best 0.90x (f32_einsum_k20): missed" in lines
   assert "- bfloat16, >= 4x the notebook's eager PyTorch: best 4.60x (bf16_flash_k20): met" in lines
   assert "- bfloat16, faster than torch.compile: best 1.50x (bf16_flash_k20): met" in lines
-  assert any(l.startswith("| f32_flash_k20 |") and "Triton failed" in l for l in lines)
+  assert any(l.startswith("| f32_flash_k20 |") and "Triton failed |" in l for l in lines)
+  assert any(l.startswith("| bf16_einsum |") and "(cut off at its time limit?) |" in l for l in lines)
   assert ("- float32, 10 epochs <= 15 s: 14.2 s (seed_f32_fast): met; 4.7x the ~3-s floor"
           in lines)
   assert any(l.startswith("- bfloat16, 10 epochs <= 15 s: 18.0 s (seed_bf16_fast): missed by 3.0 s")
