@@ -3,9 +3,10 @@
     python -m jax_attn.speed_report RUNS_DIR [--plot=scaling.png]
 
 RUNS_DIR is what the script wrote (its ``runs.tgz`` unpacked): ``bench_NAME.json`` and
-``.err`` (phase A, the race; phase D, ``bench_scale_SIZEpx_IMPL``), the 10-epoch runs
-(phase B) and the 300-step bf16 runs ``nan_I`` with their second wave (phase C). It prints
-markdown: one table per phase, each followed by its targets, met or missed by how much.
+``.err`` (phase A, the race, with its ``profile_table.md``; phase D, ``bench_scale_SIZEpx_IMPL``),
+the 10-epoch runs (phase B) and the 300-step bf16 runs ``nan_I`` with their second wave
+(phase C). It prints markdown: one table per phase, each followed by its targets, met or
+missed by how much, and phase A's profile tables.
 A ratio to PyTorch is only ever read from one bench call (both sides timed alternately in
 one process), never formed across calls. ``--plot`` also draws the scaling, step time and
 peak memory against positions N (matplotlib, imported only then). Hand-written: these are
@@ -255,8 +256,11 @@ def plot_scaling(benches: dict[str, dict[str, Any]], path: Path) -> None:
 
 def report(runs: Path) -> str:
   benches = load_benches(runs)
+  profile = runs / "profile_table.md"  # phase A's traces, tabulated by profile_table
   return "\n".join(
       ["## A. The race (train step; ratios from one bench call each)", ""] + race(benches)
+      + ["", "Where the traced steps' time goes (`python -m jax_attn.profile_table`):", "",
+         profile.read_text().strip() if profile.exists() else "(no profile_table.md)"]
       + ["", "## B. The seed recipe's 10 epochs", ""] + ten_epochs(runs)
       + ["", "## C. bf16 runs", ""] + nan_hunt(runs)
       + ["", "## D. Scaling with resolution", ""] + scaling(benches)) + "\n"

@@ -55,6 +55,7 @@ def runs(tmp_path):
     finished = {"steps": 300} if i != 3 else None
     _run(tmp_path, f"nan_{i}", {"dtype": "bfloat16"}, finished,
          "jax_attn: error: the training loss became nan at step 5\n" if i == 3 else "ok\n")
+  (tmp_path / "profile_table.md").write_text("### bf16_k20/sa_cnn (20 steps traced)\n\n| kind |\n")
   (tmp_path / "nan_3_replay.log").write_text(
       'File "/x/jax_attn/attention.py", line 65, in einsum_attention\n'
       "FloatingPointError: invalid value (nan) encountered in sub\n")
@@ -65,6 +66,7 @@ def test_each_phase_is_read_against_its_target(runs, tmp_path):
   text = speed_report.report(runs)
   lines = text.splitlines()
   assert "Device: NVIDIA H200 (gpu)." in text
+  assert "### bf16_k20/sa_cnn (20 steps traced)" in lines  # phase A's profile, kept
   assert ("- float32, >= 4x the notebook's eager PyTorch: best 3.00x (f32_einsum_k20): "
           "missed by 1.00x") in lines
   assert "- float32, faster than torch.compile: best 0.90x (f32_einsum_k20): missed" in lines
