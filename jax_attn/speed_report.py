@@ -232,7 +232,8 @@ def plot_scaling(benches: dict[str, dict[str, Any]], path: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for impl, measured in scaling_points(benches).items():
+  points = scaling_points(benches)
+  for impl, measured in points.items():
     failed = [f"{r['error'][:30]} at {side} px" for side, r in measured if "error" in r]
     label = impl + (f" ({'; '.join(failed)})" if failed else "")
     for ax, key, scale in ((axes[0], "train_step_ms", 1.0), (axes[1], "peak_memory_bytes", 2**-30)):
@@ -246,7 +247,7 @@ def plot_scaling(benches: dict[str, dict[str, Any]], path: Path) -> None:
       ax.legend()
     else:
       ax.text(0.5, 0.5, "not reported by this backend", ha="center", transform=ax.transAxes)
-  first = next(iter(r for _, m in scaling_points(benches).items() for _, r in m if "model" in r), {})
+  first = next((r for measured in points.values() for _, r in measured if "model" in r), {})
   fig.suptitle(f"{first.get('model', '?')} ({first.get('preset', '?')}), batch "
                f"{first.get('batch_size', '?')}, {first.get('dtype', '?')}: attention paths by image size")
   fig.tight_layout()
@@ -254,8 +255,8 @@ def plot_scaling(benches: dict[str, dict[str, Any]], path: Path) -> None:
   plt.close(fig)
 
 
-def report(runs: Path) -> str:
-  benches = load_benches(runs)
+def report(runs: Path, benches: dict[str, dict[str, Any]]) -> str:
+  """The markdown report of ``runs``, whose bench results are ``benches`` (``load_benches``)."""
   profile = runs / "profile_table.md"  # phase A's traces, tabulated by profile_table
   return "\n".join(
       ["## A. The race (train step; ratios from one bench call each)", ""] + race(benches)
@@ -273,9 +274,11 @@ def main(argv: list[str]) -> int:
     print("usage: python -m jax_attn.speed_report RUNS_DIR [--plot=scaling.png]  (RUNS_DIR: "
           "experiments/gpu_speed.sh's runs.tgz unpacked)", file=sys.stderr)
     return 2
-  print(report(Path(args[0])), end="")
+  runs = Path(args[0])
+  benches = load_benches(runs)
+  print(report(runs, benches), end="")
   if plot:
-    plot_scaling(load_benches(Path(args[0])), Path(plot))
+    plot_scaling(benches, Path(plot))
   return 0
 
 

@@ -63,7 +63,7 @@ def runs(tmp_path):
 
 
 def test_each_phase_is_read_against_its_target(runs, tmp_path):
-  text = speed_report.report(runs)
+  text = speed_report.report(runs, speed_report.load_benches(runs))
   lines = text.splitlines()
   assert "Device: NVIDIA H200 (gpu)." in text
   assert "### bf16_k20/sa_cnn (20 steps traced)" in lines  # phase A's profile, kept
