@@ -5,8 +5,8 @@
 #   A. the benchmark race against the PyTorch reference (alone on the GPU),
 #   B. the notebook's SA-CNN recipe, 10 epochs on real data (alone on the GPU: its wall time counts),
 #   C. the tuned recipes and one-factor variants of them, 10 epochs each, side by side.
-# Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
-# then the device call carries ".data". Without it every run uses synthetic data.
+# Before the call, here: `bash experiments/gpu_prepare.sh` packs the data (.data; without it every
+# run uses synthetic data) and the wheels the device image lacks (.whl); the call carries both.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_bench.sh "$OUT" [SECONDS]
 # What comes back: OUT/session.log (everything printed), OUT/runs.tgz (every run's config,
 # metrics, summary and log, and the benchmark JSON), OUT/ckpt_*.tgz (final checkpoints).

@@ -13,6 +13,27 @@ py="${PYTHON:-python3}"
 left() { local l=$(( budget - SECONDS )); echo $(( l > 1 ? l : 1 )); }  # timeout 0 = none
 stamp() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
+# The device image's packages are not our pins: a package our code imports that the image lacks
+# (ml_collections, on the H200 image) travels as a wheel in .whl (experiments/gpu_prepare.sh) and
+# is installed only where the project does not import without it. Still failing, the call stops
+# here with the reason instead of spending its minutes on runs that all fail the same way.
+import_error() {  # the last line of the error importing what main runs (bench's modules are among
+  # them; importing main and bench together would define their flags twice); nothing if it imports
+  local err; err=$($py -c "import jax_attn.main, jax_attn.trainer, jax_attn.speed_report" 2>&1) \
+    || echo "$err" | tail -n 1
+}
+error=$(import_error)
+if [ -n "$error" ] && compgen -G ".whl/*.whl" > /dev/null; then
+  site="${TMPDIR:-/tmp}/jax_attn_site"
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    .whl/*.whl && export PYTHONPATH="$PYTHONPATH:$site" && stamp "installed $(ls .whl) into $site"
+  error=$(import_error)
+fi
+if [ -n "$error" ]; then
+  stamp "error: the project does not import with $py: $error. Carry the missing package's wheel in .whl (bash experiments/gpu_prepare.sh here, then carry [\".data\", \".whl\"])."
+  exit 1
+fi
+
 # Settings to rehearse a script on a CPU (SMOKE=1): same commands and the recipes' own
 # architectures (whitening, the ViT's cnn tokenizer, attention layers), a few small steps each on
 # 16 px synthetic images, so that twelve runs fit 2 CPU cores. A rehearsal leaves the archive
@@ -37,7 +58,12 @@ pack() {  # atomically: a tarball cut off half-written never replaces the last g
 
 stamp "start: data=$data"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$runs/gpu.txt"
-$py -c "import importlib.metadata as m, jax; print(jax.devices(), *(f'{p} {m.version(p)}' for p in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'chex', 'numpy', 'torch')))"
+$py -c "
+import importlib.metadata as m, jax
+def version(p):
+  try: return m.version(p)
+  except m.PackageNotFoundError: return 'absent'
+print(jax.devices(), *(f'{p} {version(p)}' for p in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'chex', 'ml_collections', 'numpy', 'torch')))"
 
 train() {  # NAME ARGS...: one run (later flags win), stopped at the deadline; it checkpoints as it goes
   local name="$1"; shift

@@ -13,8 +13,8 @@
 #   D. scaling: step time and peak memory at 32, 64 and 96 px, einsum against flash
 # Then `python -m jax_attn.speed_report` writes "$OUT"/speed_report.md (each phase against the
 # issue's targets) and "$OUT"/scaling.png.
-# Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
-# then the device call carries ".data". Without it phase B uses synthetic data.
+# Before the call, here: `bash experiments/gpu_prepare.sh` packs the data (.data; without it phase B
+# uses synthetic data) and the wheels the device image lacks (.whl); the call carries both.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_speed.sh "$OUT" [SECONDS]
 # Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_speed.sh /tmp/speed_smoke 1800 (524-848 s on 2 cores)
 source "$(dirname "$0")/gpu_common.sh" "$@"

@@ -10,8 +10,8 @@
 #                        of the token grid in each block (tuned_v3, without it, is 0.8 points lower)
 #   vit    tuned_v5      tuned_v4 with a 5x5 kernel: the ViT's tuned since session 17
 # Selection uses train[:45000] / train[45000:] only (the default split of the JPEG folder).
-# Real data: here, `mkdir -p .data && tar czf .data/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg`,
-# then the device call carries ".data". Without it every run uses synthetic data.
+# Before the call, here: `bash experiments/gpu_prepare.sh` packs the data (.data; without it every
+# run uses synthetic data) and the wheels the device image lacks (.whl); the call carries both.
 # Usage on the device machine, from the repo root:   bash experiments/gpu_tune.sh "$OUT" [SECONDS]
 # Rehearse on a CPU:  SMOKE=1 bash experiments/gpu_tune.sh /tmp/tune_smoke 900  (twelve 3-step
 # runs of the real architectures at 16 px side by side: ~10 minutes on 2 cores)

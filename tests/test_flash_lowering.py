@@ -22,6 +22,10 @@ _TENSOR = re.compile(r"tensor<((?:\d+x)+)\w+>")
 _KERNELS = ("mha_forward", "mha_preprocess_backward", "mha_backward")
 # (model, preset): positions N at 32 px (the tuned ViT: 4x4 patches and the class token)
 _CASES = {("sa_cnn", "seed"): 32 * 32, ("vit", "tuned"): 8 * 8 + 1}
+# Pallas's Triton lowering needs the target GPU's compute capability: jax 0.10 falls back to sm_90
+# without a GPU, jax 0.11 asks for an abstract device (it raises "No supported GPU devices found").
+_H100 = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=jax.sharding.AbstractDevice(
+    device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu"))
 
 
 def _cuda_train_step(monkeypatch, name: str, impl: str, size: int = 32, dtype=jnp.float32,
@@ -38,8 +42,9 @@ def _cuda_train_step(monkeypatch, name: str, impl: str, size: int = 32, dtype=jn
   model = models.get_model(name, preset, attention_impl=impl, dtype=dtype)
   body = make_train_body(model, tx, config_lib.augment_config(), 0.0)
   monkeypatch.setattr(attention, "flash_kernel_available", lambda: True)
-  traced = jax.jit(lambda s, b: body(s, b, None)).trace(state, images)
-  text = traced.lower(lowering_platforms=("cuda",)).as_text()
+  with jax.sharding.use_abstract_mesh(_H100):  # the GPU the kernels are lowered for
+    traced = jax.jit(lambda s, b: body(s, b, None)).trace(state, images)
+    text = traced.lower(lowering_platforms=("cuda",)).as_text()
   return text, _pallas_calls(traced.jaxpr.jaxpr), layers
 
 
