@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Device call 1 (H100/H200; ~9 minutes): installs nothing, runs the project from the source tree
-# (the image has jax with CUDA, flax, optax, orbax, chex, absl, Pillow, torch; no TF/tfds).
+# Device call 1 (H100/H200; ~9 minutes): runs the project from the source tree (the image has jax
+# with CUDA, flax, optax, orbax, chex, absl, Pillow, torch; no TF/tfds) and installs only the
+# carried wheels the image lacks (gpu_common.sh).
 # Three phases, all bounded by one deadline:
 #   A. the benchmark race against the PyTorch reference (alone on the GPU),
 #   B. the notebook's SA-CNN recipe, 10 epochs on real data (alone on the GPU: its wall time counts),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run here (a CPU machine with PyPI), before a device call: packs the two folders the call carries.
-#   .data/cifar10-jpeg.tgz  the training split (17 MB) from ../shared/data (skipped without it)
+#   .data/cifar10-jpeg.tgz  the training split (16.5 MB) from ../shared/data (skipped without it)
 #   .whl/                   wheels of what our code imports and the device image lacks:
 #                           ml_collections (absent from the H200 image's package list, KINDS.md of
 #                           2026-11-17); gpu_common.sh installs them there only if the project

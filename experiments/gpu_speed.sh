@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device call for the GPU-speed issue (H100/H200; <= 8 minutes), from the source tree (installs
-# nothing). Phases, all bounded by one deadline, timing phases alone on the GPU:
+# only the carried wheels the image lacks: gpu_common.sh). Phases, all bounded by one deadline,
+# timing phases alone on the GPU:
 #   A. the race: seed SA-CNN train step against eager PyTorch (every row) and torch.compile
 #      (the K = 20 rows), float32 and bf16, einsum and flash attention, K = 1 and K = 20 steps
 #      per call; a profile of the einsum and the K = 20 step (python -m jax_attn.profile_table)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device call for the tuned-recipe issue (H100/H200; <= 8 minutes): 10-epoch runs of the new
-# recipes on 3 seeds each (twelve runs), side by side, from the source tree (installs nothing).
+# recipes on 3 seeds each (twelve runs), side by side, from the source tree (installs only the
+# carried wheels the image lacks: gpu_common.sh).
 #   sa_cnn tuned_v2          whitened, early-pooled SA-CNN, SGD-Nesterov, lookahead, alternating
 #                            flip, 6-view TTA (Muon, tuned_v2_muon, and airbench's pool order on
 #                            top, tuned_v3, changed nothing measurable on the CPU: the simplest)
