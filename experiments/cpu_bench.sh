@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# CPU figures recorded in experiments/README.md: input pipeline and the race against PyTorch.
+# CPU figures of RESULTS.md: the input pipeline and the race against PyTorch.
 # Needs torch (pip install torch==2.13.0). Usage: bash experiments/cpu_bench.sh [OUT_DIR]
 set -euo pipefail
 out="${1:-experiments/results/cpu_bench}"
 mkdir -p "$out"
-bench() { python -m jax_attn.bench --against=torch --json "$@"; }
-python -m jax_attn.data_bench --json | tee "$out/data_bench.json"
+bench() { python -m jax_attn.tools.bench --against=torch --json "$@"; }
+python -m jax_attn.tools.data_bench --json | tee "$out/data_bench.json"
 bench --models=vit --steps=40 --e2e_examples=6400 | tee "$out/bench_vit.json"
 for i in 1 2; do  # the headline row again: absolute times swing between runs on shared machines
   bench --models=vit --steps=40 --e2e_examples=6400 | tee "$out/bench_vit_rerun$i.json"

@@ -1,12 +1,11 @@
-"""Seconds to build a model's initial state, each way in a fresh process (compiles cannot be
-reused), and whether its bits equal the eager init's. Used for the figures in
-experiments/README.md ("The model init as one program").
+"""Seconds to build a recipe's initial train state, each way in a fresh process (compiles
+cannot be reused), and whether its bits equal the eager init's (RESULTS.md).
 
-    PYTHONPATH=. python experiments/cpu_init_check.py sa_cnn seed
-    PYTHONPATH=. python experiments/cpu_init_check.py vit tuned
+    python experiments/cpu_init_check.py sa_cnn notebook
+    python experiments/cpu_init_check.py vit conv_tokens
 
-Ways: ``eager`` (``train.initial_state`` op by op, as before session 22), ``jit-O2`` (XLA's
-default options), ``jit-O1`` (``train.create_state`` itself, on the CPU) and ``jit-O0``.
+Ways: ``eager`` (``state.initial_state`` op by op), ``jit-O2`` (XLA's default options),
+``jit-O1`` (``state.create_state`` itself, on the CPU) and ``jit-O0``.
 """
 import os
 import subprocess
@@ -18,10 +17,11 @@ import numpy as np
 CHILD = """
 import sys, time
 import jax, numpy as np, optax
-from jax_attn import models, train
-name, preset, way, out = sys.argv[1:]
-model, size = models.get_model(name, preset), 8 if preset == "tiny" else 32
-args = (model, optax.adam(1e-3), 0, (size, size, 3), True)
+from jax_attn import configs, models
+from jax_attn.train import state as train
+name, recipe, way, out = sys.argv[1:]
+model = models.get_model(configs.get_recipe(name, recipe))
+args = (model, optax.adam(1e-3), 0, (32, 32, 3), True)
 build = lambda: train.initial_state(*args)
 start = time.perf_counter()
 if way == "eager":
@@ -38,19 +38,19 @@ np.savez(out, *leaves)
 """
 
 
-def main(name: str, preset: str) -> None:
+def main(name: str, recipe: str) -> None:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   with tempfile.TemporaryDirectory() as tmp:
     leaves = {}
     for way in ("eager", "jit-O2", "jit-O1", "jit-O0"):
       out = os.path.join(tmp, f"{way}.npz")
-      seconds = subprocess.run([sys.executable, "-c", CHILD, name, preset, way, out], env=env,
+      seconds = subprocess.run([sys.executable, "-c", CHILD, name, recipe, way, out], env=env,
                                check=True, capture_output=True, text=True).stdout.split()[-1]
       with np.load(out) as arrays:
         leaves[way] = [arrays[k] for k in sorted(arrays.files, key=lambda k: int(k[4:]))]
       diff = max(float(np.max(np.abs(a.astype(float) - b), initial=0.0))
                  for a, b in zip(leaves["eager"], leaves[way], strict=True))
-      print(f"{name}/{preset} {way:7s} {seconds:>6s} s  max |state - eager state| = {diff:.2g}",
+      print(f"{name}/{recipe} {way:7s} {seconds:>6s} s  max |state - eager state| = {diff:.2g}",
             flush=True)
 
 

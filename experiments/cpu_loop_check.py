@@ -1,10 +1,10 @@
-"""Seconds per train step of a seed model: one jitted step, against 2 steps inside lax.scan and
-inside a fori_loop with a traced trip count (what --steps_per_call runs). Used for the CPU
-figures in experiments/README.md ("GPU speed work without a GPU").
+"""Seconds per train step of a notebook network: one jitted step, against 2 steps inside
+lax.scan and inside a fori_loop with a traced trip count (what --steps_per_call runs):
+RESULTS.md.
 
-    PYTHONPATH=. python experiments/cpu_loop_check.py sa_cnn '{}' 8
-    PYTHONPATH=. python experiments/cpu_loop_check.py sa_cnn '{"attention_stages": ()}' 8
-    PYTHONPATH=. python experiments/cpu_loop_check.py vit '{}' 64
+    python experiments/cpu_loop_check.py sa_cnn '{}' 8
+    python experiments/cpu_loop_check.py sa_cnn '{"attention_stages": ()}' 8
+    python experiments/cpu_loop_check.py vit '{}' 64
 """
 import ast
 import sys
@@ -12,19 +12,21 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from jax_attn import config as config_lib
-from jax_attn import data, input_pipeline, models, optim
-from jax_attn.train import create_state, make_train_body
+from jax_attn import configs, data, models
+from jax_attn.data import pipeline
+from jax_attn.train.state import create_state
+from jax_attn.train.steps import make_train_body
 
-name, overrides, batch_size = sys.argv[1], ast.literal_eval(sys.argv[2]), int(sys.argv[3])
-model = models.get_model(name, "seed", **overrides)
-tx = optim.make_optimizer("adam", optim.make_schedule("constant", 1e-3, 1))
+name, fields, batch_size = sys.argv[1], ast.literal_eval(sys.argv[2]), int(sys.argv[3])
+model = models.get_model(name, **fields)
+tx = optax.adam(1e-3)
 state = create_state(model, tx, 0, (32, 32, 3))
 split = data.SyntheticSource(batch_size, 32).load("train")
-batch = jax.tree.map(jnp.asarray, next(input_pipeline.train_batches(
+batch = jax.tree.map(jnp.asarray, next(pipeline.train_batches(
     split, seed=0, epoch=0, global_batch=batch_size)))
-body = make_train_body(model, tx, config_lib.augment_config(), 0.0)
+body = make_train_body(model, tx, configs.base(name).augment, 0.0)
 one = jax.jit(lambda s, b: body(s, b, None))
 scan = jax.jit(lambda s, b: jax.lax.scan(lambda s, _: body(s, b, None), s, None, length=2))
 loop = jax.jit(lambda s, b, n: jax.lax.fori_loop(0, n, lambda i, s: body(s, b, None)[0], s))

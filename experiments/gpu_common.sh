@@ -1,6 +1,6 @@
-# Sourced by the device-session scripts (gpu_bench.sh, gpu_followup.sh, gpu_tune.sh,
-# gpu_speed.sh): one deadline for every run, results packed as they appear (so a call cut off at
-# its limit still returns them).
+# Sourced by the device scripts (gpu_bench.sh, gpu_followup.sh, gpu_tune.sh, gpu_speed.sh): one
+# deadline for every run, results packed as they appear (so a call cut off at its limit still
+# returns them).
 # Usage: source experiments/gpu_common.sh OUT_DIR [SECONDS]
 set -uo pipefail
 out="${1:?usage: SCRIPT OUT_DIR [SECONDS]}"
@@ -19,7 +19,7 @@ stamp() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 # here with the reason instead of spending its minutes on runs that all fail the same way.
 import_error() {  # the last line of the error importing what main runs (bench's modules are among
   # them; importing main and bench together would define their flags twice); nothing if it imports
-  local err; err=$($py -c "import jax_attn.main, jax_attn.trainer, jax_attn.speed_report" 2>&1) \
+  local err; err=$($py -c "import jax_attn.main, jax_attn.tools.speed_report" 2>&1) \
     || echo "$err" | tail -n 1
 }
 error=$(import_error)
@@ -35,7 +35,7 @@ if [ -n "$error" ]; then
 fi
 
 # Settings to rehearse a script on a CPU (SMOKE=1): same commands and the recipes' own
-# architectures (whitening, the ViT's cnn tokenizer, attention layers), a few small steps each on
+# architectures (whitening, the ViT's airbench tokenizer, attention layers), a few small steps on
 # 16 px synthetic images, so that twelve runs fit 2 CPU cores. A rehearsal leaves the archive
 # packed: 46 MB of extracted images in .data would no longer fit the 64 MiB a device call carries.
 smoke=""; data="--synthetic --synthetic_size=1024"

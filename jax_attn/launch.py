@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from jax_attn import distributed
+from jax_attn.train import distributed
 
 USAGE = "usage: launch.sh [--num_processes=N] [--coordinator=HOST:PORT] -- <jax_attn.main flags>"
 GRACE_SECONDS = 10.0

@@ -23,8 +23,14 @@ import sys
 
 import pytest
 
-TINY = ["--preset=tiny", "--synthetic", "--image_size=8", "--batch_size=16",
-        "--synthetic_size=256", "--log_every_steps=4"]
+TINY_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
+TINY = ["--synthetic", "--image_size=8", "--batch_size=16", "--synthetic_size=256",
+        "--log_every_steps=4"]
+
+
+def tiny(model="vit"):
+  """Flags of a run of the tiny recipe (``tests/tiny.py``) on 8x8 synthetic data."""
+  return [f"--config={TINY_RECIPE}:{model}", *TINY]
 
 
 def run_main(args, *, env=None, timeout=300, check=True):

@@ -1,16 +1,18 @@
-"""The benchmark's PyTorch side (the notebook's loop) and its table."""
+"""The benchmark's PyTorch side (the notebook's loop, airbench93's network) and its table."""
 import numpy as np
 import pytest
 
-from jax_attn import bench, data
+from jax_attn import data
+from jax_attn.tools import bench
 
 torch = pytest.importorskip("torch")
-from jax_attn.torch_bench import TorchSide  # noqa: E402  (needs torch)
+from jax_attn.tools.torch_bench import TorchSide  # noqa: E402  (needs torch)
+from jax_attn.tools.torch_models import TorchAirbench93  # noqa: E402
 
 
 def test_torch_side_trains_on_the_visible_device():
   split = data.SyntheticSource(size=32, image_size=32).load("train")
-  side = TorchSide("vit", batch_size=8, image_size=32, split=split)
+  side = TorchSide("vit", "notebook", batch_size=8, image_size=32, split=split)
   expected = "cuda" if torch.cuda.is_available() else "cpu"
   assert side.device.type == expected
   assert {p.device.type for p in side.model.parameters()} == {expected}
@@ -20,6 +22,21 @@ def test_torch_side_trains_on_the_visible_device():
   assert any(not torch.equal(b, p.detach().cpu()) for b, p in zip(before, side.model.parameters()))
   assert len(side.eval_steps(3)) == 3
   assert side.epoch(16) > 0  # two batches through the notebook's DataLoader
+
+
+def test_airbench93_is_airbench93s_network_and_races_the_airbench_recipes():
+  """Whitening to 24 channels, groups of 64/128/128, a 10-way head: 569,656 weights as the
+  public network has them (its frozen whitening filters and batch-norm scales included)."""
+  net = TorchAirbench93()
+  assert sum(p.numel() for p in net.parameters()) == 569_656
+  assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+  assert [n for n, p in net.named_parameters() if not p.requires_grad] == [
+      "whiten.weight", *[f"groups.{g}.norm{i}.weight" for g in range(3) for i in (1, 2)]]
+  split = data.SyntheticSource(size=32, image_size=32).load("train")
+  side = TorchSide("sa_cnn", "airbench_noattn", batch_size=8, image_size=32, split=split)
+  assert isinstance(side.model, TorchAirbench93) and len(side.train_steps(1)) == 1
+  with pytest.raises(ValueError, match="no PyTorch rival for vit/conv_tokens"):
+    TorchSide("vit", "conv_tokens", batch_size=8, image_size=32, split=split)
 
 
 def test_table_names_the_torch_device():
@@ -40,7 +57,7 @@ def test_bench_races_eager_and_compiled_torch_with_steps_per_call():
   import subprocess
   import sys
   result = subprocess.run(
-      [sys.executable, "-m", "jax_attn.bench", "--models=sa_cnn", "--preset=tiny",
+      [sys.executable, "-m", "jax_attn.tools.bench", "--models=sa_cnn", "--recipe=notebook",
        "--image_size=16", "--batch_size=4", "--steps=2", "--rounds=1", "--steps_per_call=2",
        "--against=torch,torch_compile", "--json"],
       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -56,7 +73,7 @@ def test_bench_races_eager_and_compiled_torch_with_steps_per_call():
 def test_bench_refuses_an_unknown_rival():
   import subprocess
   import sys
-  result = subprocess.run([sys.executable, "-m", "jax_attn.bench", "--against=tensorflow"],
+  result = subprocess.run([sys.executable, "-m", "jax_attn.tools.bench", "--against=tensorflow"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "--against takes a list of torch, torch_compile" in result.stderr
@@ -66,7 +83,7 @@ def test_profile_table_sums_device_kernels_by_kind(tmp_path, capsys):
   """A GPU-shaped Perfetto trace: only the device's kernels count, grouped by kind."""
   import gzip
   import json
-  from jax_attn import profile_table
+  from jax_attn.tools import profile_table
   events = [
       {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
       {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},

@@ -7,15 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_attn import config as config_lib
-from jax_attn import data
+from jax_attn import configs, data
 from jax_attn.data import DataError
 from jax_attn.data import tfds as tfds_source
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
 
-_data = config_lib.data_config  # the data settings of the schema, with overrides
+def _data(num_classes=10, **values):
+  """A run's config with these data settings (the schema's defaults otherwise)."""
+  config = configs.base("vit")
+  config.num_classes = num_classes
+  config.data.update(values)
+  return config
 
 
 def _write_image(path, size=8, mode="RGB", value=0):
@@ -177,14 +181,14 @@ def test_defaults_hold_out_a_tenth_without_test_split(folder):
   shutil.rmtree(folder / "test")
   logs = []
   train, evaluation, train_spec, eval_spec = data.load_train_eval(
-      _data(image_folder=str(folder)), 3, logs.append)
+      _data(3, image_folder=str(folder)), logs.append)
   assert (train_spec, eval_spec) == ("train[:90%]", "train[90%:]")
   assert len(train) + len(evaluation) == 12 and "no 'test' split" in logs[0]
 
 
 def test_label_count_must_match_model(folder):
   with pytest.raises(DataError, match="has 3 classes but the model has num_classes=10"):
-    data.load_train_eval(_data(image_folder=str(folder)), 10)
+    data.load_train_eval(_data(10, image_folder=str(folder)))
 
 
 def test_more_than_one_source():
@@ -238,7 +242,7 @@ def test_real_cifar10_jpeg_tree():
 
 
 def test_tfds_fails_fast_without_dns(monkeypatch, tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   monkeypatch.setattr(tfds_source, "_can_resolve", lambda hosts: False)
   with pytest.raises(DataError, match="no network: cannot resolve .*--image_folder"):
     data.TfdsSource("cifar10", data_dir=str(tmp_path)).splits()

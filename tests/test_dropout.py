@@ -1,11 +1,11 @@
-"""The fused counter-hash dropout: keep rate, independence, determinism, semantics."""
+"""The counter-hash dropout: keep rate, independence, determinism, semantics, device layout."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn.layers import Dropout, apply_dropout, keep_mask, random_bits
+from jax_attn.models.dropout import Dropout, keep_mask, random_bits
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
@@ -40,10 +40,11 @@ def test_masks_are_deterministic_per_key_and_independent_across_keys():
 
 def test_inverted_dropout_keeps_the_mean_and_zeroes_the_rest():
   x = jnp.ones((400, 500))
-  y = np.asarray(apply_dropout(x, jax.random.key(0), 0.2))
+  layer = Dropout(0.2)
+  y = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
   assert set(np.unique(y)) == {0.0, np.float32(1.25)}
   assert abs(y.mean() - 1.0) < 0.01
-  assert apply_dropout(x, jax.random.key(0), 0.0) is x
+  assert Dropout(0.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}) is x
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
     keep_mask(jax.random.key(0), 1.0, (2,))
 
@@ -62,11 +63,14 @@ def test_module_is_a_drop_in_for_flax_dropout():
   assert isinstance(layer, nn.Module)
 
 
-def test_a_slice_gets_the_full_tensors_mask():
-  """Computing only part of a layer's output must not change the random draws."""
-  full = jnp.ones((3, 5, 4))
-  expected = np.asarray(apply_dropout(full, jax.random.key(7), 0.5))[:, :2]
-  got = apply_dropout(full[:, :2], jax.random.key(7), 0.5, full_shape=full.shape)
-  np.testing.assert_array_equal(got, expected)
-  own = apply_dropout(full[:, :2], jax.random.key(7), 0.5)
-  assert not np.array_equal(own, expected)  # without full_shape the mask is the slice's own
+def test_each_device_drops_its_rows_of_the_global_batchs_mask():
+  """With ``batch_axis`` the masks do not depend on how the batch is split over devices."""
+  x = jax.random.normal(jax.random.key(0), (8, 5, 4))
+  rngs = {"dropout": jax.random.key(7)}
+  whole = Dropout(0.5).apply({}, x, deterministic=False, rngs=rngs)
+  split = jax.vmap(lambda part: Dropout(0.5, batch_axis="devices").apply(
+      {}, part, deterministic=False, rngs=rngs), axis_name="devices")(x.reshape(4, 2, 5, 4))
+  np.testing.assert_array_equal(split.reshape(x.shape), whole)
+  unaware = jax.vmap(lambda part: Dropout(0.5).apply({}, part, deterministic=False, rngs=rngs))(
+      x.reshape(4, 2, 5, 4))
+  assert not np.array_equal(unaware.reshape(x.shape), whole)  # the same mask on every device

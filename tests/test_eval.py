@@ -4,12 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax_attn import augment, config as config_lib, models
-from jax_attn.train import create_state, make_eval_body
+import tiny
+from jax_attn.data import augment
+from jax_attn.train.state import create_state
+from jax_attn.train.steps import make_eval_body
 
 
 def _state_and_batch():
-  model = models.get_model("vit", "tiny")
+  model = tiny.model("vit")
   state = create_state(model, optax.adam(1e-3), 0, (8, 8, 3))
   images = jax.random.randint(jax.random.key(1), (6, 8, 8, 3), 0, 256).astype(jnp.uint8)
   batch = {"image": images, "label": jnp.arange(6) % 10,
@@ -19,7 +21,7 @@ def _state_and_batch():
 
 def test_flip_averages_logits_of_image_and_mirror_and_keeps_plain_accuracy():
   model, state, batch = _state_and_batch()
-  config = config_lib.augment_config()
+  config = tiny.augment()
   plain = make_eval_body(model, config)(state, batch, None)
   flipped = make_eval_body(model, config, flip=True)(state, batch, None)
   assert int(flipped["correct_no_flip"]) == int(plain["correct"]) and int(flipped["count"]) == 5

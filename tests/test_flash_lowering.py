@@ -13,15 +13,20 @@ import re
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
-from jax_attn import attention, config as config_lib, data, input_pipeline, models, optim
-from jax_attn.train import create_state, make_train_body
+import tiny
+from jax_attn import configs, data, models
+from jax_attn.data import pipeline
+from jax_attn.models import attention
+from jax_attn.train.state import create_state
+from jax_attn.train.steps import make_train_body
 
 _TENSOR = re.compile(r"tensor<((?:\d+x)+)\w+>")
 _KERNELS = ("mha_forward", "mha_preprocess_backward", "mha_backward")
-# (model, preset): positions N at 32 px (the tuned ViT: 4x4 patches and the class token)
-_CASES = {("sa_cnn", "seed"): 32 * 32, ("vit", "tuned"): 8 * 8 + 1}
+# (model, recipe): positions N at 32 px (conv_tokens: 7x7 tokens and the class token)
+_CASES = {("sa_cnn", "notebook"): 32 * 32, ("vit", "conv_tokens"): 7 * 7 + 1}
 # Pallas's Triton lowering needs the target GPU's compute capability: jax 0.10 falls back to sm_90
 # without a GPU, jax 0.11 asks for an abstract device (it raises "No supported GPU devices found").
 _H100 = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=jax.sharding.AbstractDevice(
@@ -29,18 +34,18 @@ _H100 = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=jax.sharding
 
 
 def _cuda_train_step(monkeypatch, name: str, impl: str, size: int = 32, dtype=jnp.float32,
-                     preset: str = "seed", batch: int = 2) -> tuple[str, list[str], int]:
-  """A model's train step lowered for CUDA: the StableHLO text, the Pallas kernels it
+                     recipe: str = "notebook", batch: int = 2) -> tuple[str, list[str], int]:
+  """A recipe's train step lowered for CUDA: the StableHLO text, the Pallas kernels it
   calls (one entry per call site) and its number of attention layers."""
-  tx = optim.make_optimizer("adam", optim.make_schedule("constant", 1e-3, 1))
-  # Initialised with the einsum core (the same parameters): init runs eagerly, on this CPU.
-  state = create_state(models.get_model(name, preset), tx, 0, (size, size, 3))
+  tx = optax.adam(1e-3)
+  config = configs.get_recipe(name, recipe, dtype="bfloat16" if dtype == jnp.bfloat16 else "float32")
+  model = models.get_model(config)
+  state = create_state(model, tx, 0, (size, size, 3))
   layers = sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(state.params)
                if [p.key for p in path[-2:]] == ["query", "kernel"])
   split = data.SyntheticSource(batch, size).load("train")
-  images = next(input_pipeline.train_batches(split, seed=0, epoch=0, global_batch=batch))
-  model = models.get_model(name, preset, attention_impl=impl, dtype=dtype)
-  body = make_train_body(model, tx, config_lib.augment_config(), 0.0)
+  images = next(pipeline.train_batches(split, seed=0, epoch=0, global_batch=batch))
+  body = make_train_body(model, tx, tiny.augment(), 0.0, attention_impl=impl)
   monkeypatch.setattr(attention, "flash_kernel_available", lambda: True)
   with jax.sharding.use_abstract_mesh(_H100):  # the GPU the kernels are lowered for
     traced = jax.jit(lambda s, b: body(s, b, None)).trace(state, images)
@@ -68,18 +73,18 @@ def _largest_tensor(text: str) -> int:
              for m in _TENSOR.finditer(text))
 
 
-@pytest.mark.parametrize("name, preset, dtype", [
-    ("sa_cnn", "seed", jnp.float32), ("sa_cnn", "seed", jnp.bfloat16),
-    ("vit", "tuned", jnp.float32)])
-def test_flash_runs_the_triton_kernels_in_every_attention_layer(monkeypatch, name, preset,
+@pytest.mark.parametrize("name, recipe, dtype", [
+    ("sa_cnn", "notebook", jnp.float32), ("sa_cnn", "notebook", jnp.bfloat16),
+    ("vit", "conv_tokens", jnp.float32)])
+def test_flash_runs_the_triton_kernels_in_every_attention_layer(monkeypatch, name, recipe,
                                                                 dtype):
   text, kernels, layers = _cuda_train_step(monkeypatch, name, "flash", dtype=dtype,
-                                           preset=preset)
+                                           recipe=recipe)
   assert layers >= 2 and collections.Counter(kernels) == {k: layers for k in _KERNELS}, kernels
   assert "custom_call @__gpu$xla.gpu.triton" in text  # compiled by Triton, not interpreted
-  scores = "x{0}x{0}x".format(_CASES[name, preset])  # a [..., N, N] score or weight tensor
+  scores = "x{0}x{0}x".format(_CASES[name, recipe])  # a [..., N, N] score or weight tensor
   assert scores not in text
-  assert scores in _cuda_train_step(monkeypatch, name, "einsum", preset=preset)[0]  # can fail
+  assert scores in _cuda_train_step(monkeypatch, name, "einsum", recipe=recipe)[0]  # can fail
 
 
 def test_flash_memory_grows_as_n_where_einsum_grows_as_n_squared(monkeypatch):

@@ -4,7 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn import augment, config as config_lib, data, input_pipeline
+import tiny
+from jax_attn import data
+from jax_attn.data import augment
+from jax_attn.data import pipeline as input_pipeline
 
 SPLIT = data.SyntheticSource(100, 8).load("train")
 
@@ -71,14 +74,14 @@ def test_reference_normalisation():
 
 def test_augmentation_is_per_example_and_repeatable():
   images = jnp.asarray(SPLIT.images[:8])
-  config = config_lib.augment_config(crop_padding=4, flip=True, cutout=4)
+  config = tiny.augment(crop_padding=4, flip=True)
   positions = jnp.arange(8)
   a = augment.preprocess(images, config, jax.random.key(0), positions)
   b = augment.preprocess(images, config, jax.random.key(0), positions)
   c = augment.preprocess(images, config, jax.random.key(1), positions)
   np.testing.assert_array_equal(a, b)
   assert a.shape == (8, 8, 8, 3) and not np.array_equal(a, c)
-  plain = augment.preprocess(images, config_lib.augment_config())
+  plain = augment.preprocess(images, tiny.augment())
   assert not np.array_equal(a, plain)
   # example i's augmentation depends only on its position, not on its batch-mates
   one = augment.preprocess(images[3:4], config, jax.random.key(0), positions[3:4])
@@ -87,7 +90,7 @@ def test_augmentation_is_per_example_and_repeatable():
 
 def test_flip_only_mirrors():
   images = jnp.asarray(SPLIT.images[:16])
-  config = config_lib.augment_config(flip=True)
+  config = tiny.augment(flip=True)
   out = augment.preprocess(images, config, jax.random.key(0), jnp.arange(16))
   plain = augment.normalize(images, "reference")
   for o, p in zip(out, plain):

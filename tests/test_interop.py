@@ -1,14 +1,14 @@
-"""PyTorch weight import: the notebook's two architectures, written here in torch,
-give the same logits as our Flax seed presets after ``from_torch``."""
+"""PyTorch weight import: the notebook's two networks, written here in torch, give the same
+logits as ours after ``from_torch``."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attn import interop, models
+import jax_attn
 
 torch = pytest.importorskip("torch")
-from jax_attn.torch_reference import TorchSACNN, TorchViT  # noqa: E402  (needs torch)
+from jax_attn.tools.torch_models import TorchSACNN, TorchViT  # noqa: E402  (needs torch)
 
 
 def _compare(torch_model, name, image_size):
@@ -17,8 +17,8 @@ def _compare(torch_model, name, image_size):
   images = torch.randn(4, 3, image_size, image_size)
   with torch.no_grad():
     expected = torch_model(images).numpy()
-  params = interop.from_torch(torch_model.state_dict(), name)
-  model = models.get_model(name)
+  params = jax_attn.from_torch(torch_model.state_dict(), name)
+  model = jax_attn.get_model(name)
   logits = model.apply({"params": params}, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
   log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   np.testing.assert_allclose(log_probs, expected, atol=1e-5, rtol=1e-5)
@@ -47,10 +47,10 @@ def test_bad_state_dicts_are_listed():
   del state["sa2.gamma_parameter"]
   state["convolution1.bias"] = torch.zeros(7)
   with pytest.raises(ValueError) as info:
-    interop.from_torch(state, "sa_cnn")
+    jax_attn.from_torch(state, "sa_cnn")
   message = str(info.value)
   assert "missing keys ['sa2.gamma_parameter']" in message
   assert "unexpected keys ['extra.weight']" in message
   assert "convolution1.bias: (7,)" in message
   with pytest.raises(ValueError, match="unknown model"):
-    interop.from_torch(state, "resnet")
+    jax_attn.from_torch(state, "resnet")

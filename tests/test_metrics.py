@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("tensorboardX")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-from jax_attn.metrics import MetricsWriter  # noqa: E402
+from jax_attn.train.metrics import MetricsWriter, TrainMeter  # noqa: E402
 
 
 def _record(step, epoch, loss, eval_accuracy=None, **extra):
@@ -114,7 +114,6 @@ def test_torch_is_not_left_hidden(tmp_path):
 def test_train_meter_means_and_checkpointed_totals(tmp_path):
   """Window records hold their steps' means; the epoch record holds the epoch's (batch-weighted)
   means and the run's images/s; a meter restored from its checkpoint tree carries on the same."""
-  from jax_attn.train_meter import TrainMeter  # noqa: PLC0415
   writer = MetricsWriter(tmp_path)
   writer.start_progress(4, 0)
   meter = TrainMeter(writer, lambda step: 0.1 * step, batch_size=4, end_step=4)

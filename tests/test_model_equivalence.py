@@ -1,7 +1,7 @@
-"""Every model preset still initialises and computes what it did before the layout change
-(commit b9af73b): same parameter tree (paths, shapes, per-leaf sums, sums of squares and
-first values), eval and train logits, gradients, batch statistics and sown attention
-weights. The reference is ``tests/data/model_reference.npz``, written by
+"""Every model of the shipped recipes (and a few variants) still initialises and computes what
+the reference records: the parameter tree (paths, shapes, per-leaf sums, sums of squares and
+first values), eval and train logits, gradients, batch statistics and sown attention weights.
+The reference is ``tests/data/model_reference.npz``, written by
 ``tests/data/make_model_reference.py`` (which this test reuses to compute the current values).
 """
 import importlib.util
@@ -48,7 +48,7 @@ def assert_matches(case: str, got: dict) -> None:
                                atol=1e-12, err_msg=f"{tree}_sumsq")
 
 
-def test_fixture_covers_the_presets_it_was_made_for():
+def test_fixture_covers_the_cases_it_was_made_for():
   assert CASES == sorted(reference.CASES)
   assert len(reference.encode(FIXTURE)) < 300_000
 

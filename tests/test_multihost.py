@@ -15,8 +15,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 LAUNCH = str(Path(__file__).resolve().parents[1] / "launch.sh")
-ARGS = ["--model=vit", "--preset=tiny", "--synthetic", "--image_size=8", "--batch_size=16",
-        "--synthetic_size=256", "--max_steps=10", "--model_arg=dropout_rate=0.0",
+from conftest import TINY_RECIPE
+
+ARGS = [f"--config={TINY_RECIPE}:vit", "--synthetic", "--image_size=8", "--batch_size=16",
+        "--synthetic_size=256", "--max_steps=10", "--config.model.dropout_rate=0.0",
         "--augment_crop_padding=2", "--augment_flip",
         # SGD, not Adam: the key bias's true gradient is exactly 0 (softmax ignores it), so
         # Adam turns the rounding noise of different all-reduce orders into lr-sized steps.
@@ -42,7 +44,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "[p0]" in result.stdout and "4 cpu device(s)" in result.stdout
     assert f"--parallel={mode}" in result.stdout
-    assert "[p1] vit (tiny)" not in result.stdout  # only process 0 reports
+    assert "[p1] vit/tiny" not in result.stdout  # only process 0 reports
   assert "[p0] resumed from the checkpoint at step 6" in result.stdout
   subprocess.run([sys.executable, "-m", "jax_attn.main", *ARGS, "--num_cpu_devices=4",
                   "--parallel=pmap", f"--workdir={one}"], env=ENV, check=True,

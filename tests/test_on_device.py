@@ -9,11 +9,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jax_attn import data, input_pipeline, on_device
+from jax_attn import data
+from jax_attn.data import pipeline as input_pipeline
+from jax_attn.train import multistep as on_device
 
-ARGS = ["--model=vit", "--preset=tiny", "--synthetic", "--image_size=16", "--batch_size=16",
+from conftest import TINY_RECIPE
+
+ARGS = [f"--config={TINY_RECIPE}:vit", "--synthetic", "--image_size=16", "--batch_size=16",
         "--synthetic_size=600", "--epochs=2", "--checkpoint_every_steps=12",
-        "--log_every_steps=5", "--augment_crop_padding=2", "--augment_flip", "--model_arg=dropout_rate=0.1"]
+        "--log_every_steps=5", "--augment_crop_padding=2", "--augment_flip",
+        "--config.model.dropout_rate=0.1"]
 
 
 def _train(workdir, *extra, env=None):
@@ -98,8 +103,8 @@ def test_resumed_steps_per_call_run_is_bit_identical(tmp_path, straight):
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_steps_per_call_on_eight_devices(tmp_path, straight, mode):
   """Resident data replicated, the blocks split like batches: the run of one device (dropout
-  masks and batch positions come from the global batch). Also issue 17's check with Adam (the
-  seed recipe's optimizer) and dropout on: 1 vs 8 devices, eval loss within 1e-4 relative."""
+  masks and batch positions come from the global batch), with Adam (the notebook recipe's
+  optimizer) and dropout on: 1 vs 8 devices, eval loss within 1e-4 relative."""
   flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   one = straight["k1"][1]
   eight, *_ = _train(tmp_path / mode, f"--parallel={mode}", "--steps_per_call=5", env=flags)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_attn import augment, config as config_lib, trained
+from jax_attn import inference
+from jax_attn.data import augment
 
-from conftest import TINY, run_main
+from conftest import run_main, tiny
 
 SIZE = 8  # TINY trains on 8x8 synthetic images
 LINE = re.compile(r"^(?P<image>.+?): (?P<entries>.+)$")
@@ -28,7 +30,7 @@ def runs(tmp_path_factory):
   for model in ("sa_cnn", "vit"):
     workdirs[model] = root / model
     flip = ["--eval_flip"] if model == "vit" else []
-    run_main([f"--model={model}", *TINY, "--epochs=1", *flip, f"--workdir={workdirs[model]}"])
+    run_main([*tiny(model), "--epochs=1", *flip, f"--workdir={workdirs[model]}"])
   return workdirs
 
 
@@ -52,7 +54,7 @@ def run_predict(*args):
 def reference_probabilities(workdir, files, flip):
   """Softmax of the model's own logits on each file resized here with PIL (mean with the
   mirror image's logits under flip TTA)."""
-  run = trained.load_trained(workdir)
+  run = inference.load(workdir)
   images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
                      for f in files])
   x = augment.normalize(jnp.asarray(images), run.config.augment.normalization)
@@ -62,15 +64,21 @@ def reference_probabilities(workdir, files, flip):
   return np.asarray(jax.nn.softmax(logits, -1))
 
 
-def assert_png(path):
-  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000, path
+def assert_png(path, panels):
+  """An attention-map sheet: the image and its ``panels`` heat maps side by side, each drawn
+  over the image (its pixels differ from the plain image's)."""
+  sheet = np.asarray(Image.open(path).convert("RGB"), np.int32)
+  tile = SIZE * 3  # each image pixel is drawn 3 x 3, under a 14-pixel title
+  assert sheet.shape == (tile + 14, (panels + 1) * (tile + 4), 3), (path, sheet.shape)
+  tiles = [sheet[14:, i * (tile + 4):i * (tile + 4) + tile] for i in range(panels + 1)]
+  assert all(np.abs(t - tiles[0]).sum() > 0 for t in tiles[1:]), path
 
 
 def test_vit_prints_top_k_like_the_model_with_the_runs_flip_tta(runs, images, tmp_path):
   result = run_predict(f"--workdir={runs['vit']}", *images,
                        f"--attention_map={tmp_path / 'att.png'}")
   assert result.returncode == 0, result.stderr
-  assert "flip test-time augmentation" in result.stderr and "no flip" not in result.stderr
+  assert "test-time views: flip" in result.stderr, result.stderr
   lines = result.stdout.splitlines()
   assert len(lines) == len(images)
   expected = reference_probabilities(runs["vit"], images, flip=True)
@@ -81,12 +89,12 @@ def test_vit_prints_top_k_like_the_model_with_the_runs_flip_tta(runs, images, tm
     assert len(entries) == 3 and all(entries), line  # --top_k defaults to 3
     percents = [float(e["percent"]) for e in entries]
     assert percents == sorted(percents, reverse=True) and sum(percents) <= 100.05, line
-    assert entries[0]["name"] == f"class {np.argmax(probabilities)}", line  # synthetic: no names
+    assert entries[0]["name"] == f"class_{np.argmax(probabilities)}", line  # synthetic's names
     order = np.argsort(-probabilities)[:3]
-    assert [e["name"] for e in entries] == [f"class {i}" for i in order], line
+    assert [e["name"] for e in entries] == [f"class_{i}" for i in order], line
     np.testing.assert_allclose(percents, 100 * probabilities[order], atol=0.051)
   for i in range(len(images)):  # several images: att_0.png, att_1.png, ...
-    assert_png(tmp_path / f"att_{i}.png")
+    assert_png(tmp_path / f"att_{i}.png", panels=2 + 2)  # 2 heads, their mean, the rollout
   assert not (tmp_path / "att.png").exists()
 
 
@@ -97,7 +105,7 @@ def test_sa_cnn_json_with_flip_override_and_attention_map(runs, images, tmp_path
   assert result.returncode == 0, result.stderr
   [record] = [json.loads(line) for line in result.stdout.splitlines()]
   assert record["image"] == str(images[0]) and record["attention_map"] == str(out)
-  assert_png(out)  # one image: the name as given
+  assert_png(out, panels=2 * 2)  # one image: the name as given; centre and corner per layer
   top = record["top_k"]
   assert len(top) == 10  # --top_k is capped at num_classes
   probabilities = [c["probability"] for c in top]
@@ -127,15 +135,15 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, tmp_path, case):
   assert needle in lines[0], lines[0]
 
 
-def test_class_names_come_from_the_runs_data_source(tmp_path):
-  assert trained.class_names(config_lib.resolve("vit"))[:3] == ("airplane", "automobile", "bird")
-  for name in ("dog", "cat"):
-    (tmp_path / "train" / name).mkdir(parents=True)
-  folder = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path),
-                                                "num_classes": 2})
-  assert trained.class_names(folder) == ("cat", "dog")  # sorted, as the source numbers them
-  moved = config_lib.resolve("vit", overrides={"data.image_folder": str(tmp_path / "gone"),
-                                               "num_classes": 2})
-  assert trained.class_names(moved) == ("class 0", "class 1")
-  synthetic = config_lib.resolve("vit", overrides={"data.synthetic": True})
-  assert trained.class_names(synthetic) == tuple(f"class {i}" for i in range(10))
+def test_class_names_are_the_ones_the_run_recorded(runs, images, tmp_path):
+  """config.json records the data's class names: predict needs no data source."""
+  copy = tmp_path / "run"
+  shutil.copytree(runs["vit"], copy)
+  config = json.loads((copy / "config.json").read_text())
+  assert config["class_names"] == [f"class_{i}" for i in range(10)]
+  names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+  (copy / "config.json").write_text(json.dumps({**config, "class_names": names}))
+  result = run_predict(f"--workdir={copy}", images[2], "--json", "--top_k=10")
+  [record] = [json.loads(line) for line in result.stdout.splitlines()]
+  assert {c["class"] for c in record["top_k"]} == set(names)
+  assert all(c["class"] == names[c["label"]] for c in record["top_k"])

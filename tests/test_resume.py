@@ -7,17 +7,20 @@ import sys
 import time
 
 import jax
+import pytest
 import numpy as np
 import orbax.checkpoint as ocp
 
-from conftest import NO_COMPILATION_CACHE
+from jax_attn.errors import UserError
+
+from conftest import NO_COMPILATION_CACHE, TINY_RECIPE
 
 # Batch norm (running statistics in the checkpoint) and a warm-up + cosine schedule (the
 # position in it restored from the step): the state a resume most easily gets wrong.
-ARGS = ["--model=sa_cnn", "--preset=tiny", "--synthetic", "--image_size=16", "--batch_size=16",
+ARGS = [f"--config={TINY_RECIPE}:sa_cnn", "--synthetic", "--image_size=16", "--batch_size=16",
         "--synthetic_size=1024", "--epochs=2", "--checkpoint_every_steps=20",
         "--log_every_steps=20", "--augment_crop_padding=2", "--augment_flip",
-        "--model_arg=norm=batch", "--schedule=warmup_cosine", "--warmup_epochs=0.5"]
+        "--config.model.norm=batch", "--schedule=warmup_cosine", "--warmup_epochs=0.5"]
 
 
 def _command(workdir, args=ARGS):
@@ -67,19 +70,18 @@ def test_killed_run_resumes_bit_exact(tmp_path):
 
 def test_resume_guard_reports_only_real_changes(tmp_path):
   """config.json is written with sorted keys; the in-memory config is in field order."""
-  from jax_attn import config as config_lib
-  from jax_attn.checkpoint import check_resumable
-  from jax_attn.metrics import MetricsWriter
+  from jax_attn import configs
+  from jax_attn.train.checkpoint import check_resumable
+  from jax_attn.train.metrics import MetricsWriter
 
-  config = config_lib.resolve("sa_cnn", "tuned")
-  content = config_lib.to_json(config)
-  MetricsWriter(tmp_path).write_json("config.json", content)
+  config = configs.get_recipe("sa_cnn", "tuned")
+  MetricsWriter(tmp_path).write_json("config.json", configs.to_json(config))
   logged = []
   check_resumable(tmp_path, config, logged.append)
-  # a run written before a setting existed ran with its default: not a change either
-  MetricsWriter(tmp_path).write_json("config.json", {k: v for k, v in content.items()
-                                                     if k != "eval_flip"})
-  check_resumable(tmp_path, config_lib.replace(config, eval_flip=False), logged.append)
   assert logged == []
-  check_resumable(tmp_path, config_lib.replace(config, learning_rate=0.5), logged.append)
+  config.learning_rate, config.eval_flip = 0.5, False
+  check_resumable(tmp_path, config, logged.append)
   assert logged == [f"resuming in {tmp_path} with changed settings: eval_flip, learning_rate"]
+  config.model.widths = (64, 128, 120)
+  with pytest.raises(UserError, match=r"holds a run of another architecture \(model: "):
+    check_resumable(tmp_path, config, logged.append)

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import TINY
+from conftest import tiny
 
 from test_resume import ARGS as RESUME_ARGS, _command as _resume_command, _final_params
 
@@ -58,7 +58,7 @@ def _error_line(result):
 
 
 def test_a_second_run_on_a_workdir_is_refused_and_a_dead_owner_is_taken_over(main_cli, tmp_path):
-  args = ["--model=vit", *TINY, "--max_steps=4", f"--workdir={tmp_path}"]
+  args = [*tiny("vit"), "--max_steps=4", f"--workdir={tmp_path}"]
   main_cli(args)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   (tmp_path / "run.lock").write_text(json.dumps(
@@ -80,7 +80,7 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_owner_is_taken_over(mai
 def test_unusable_workdir_is_one_line(main_cli, tmp_path, below, message):
   (tmp_path / "w").write_text("a file where the workdir should be")
   workdir = tmp_path / "w" / below if below else tmp_path / "w"
-  line = _error_line(main_cli(["--model=vit", *TINY, "--max_steps=2", f"--workdir={workdir}"],
+  line = _error_line(main_cli([*tiny("vit"), "--max_steps=2", f"--workdir={workdir}"],
                               check=False))
   assert message in line and str(workdir) in line
 
@@ -88,11 +88,15 @@ def test_unusable_workdir_is_one_line(main_cli, tmp_path, below, message):
 def test_full_disk_during_a_checkpoint_is_one_error_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
   """The write fails as on a full disk (ENOSPC) at the second checkpoint; a partial save's
   temporary directory is removed at the next start."""
-  from jax_attn import config as config_lib, trainer
+  import tiny
+  from jax_attn import configs
   from jax_attn.errors import UserError
-  config = config_lib.resolve("vit", "seed", {
-      "preset": "tiny", "data.synthetic": True, "data.image_size": 8, "data.synthetic_size": 256,
-      "batch_size": 16, "epochs": 1, "checkpoint_every_steps": 4, "log_every_steps": 4})
+  from jax_attn.train import loop as trainer
+  config = tiny.get_config("vit")
+  for path, value in {"data.synthetic": True, "image_size": 8, "data.synthetic_size": 256,
+                      "batch_size": 16, "epochs": 1, "checkpoint_every_steps": 4,
+                      "log_every_steps": 4}.items():
+    configs.set_value(config, path, value)
   real_save = ocp.CheckpointManager.save
   calls = []
 
@@ -111,7 +115,7 @@ def test_full_disk_during_a_checkpoint_is_one_error_and_keeps_the_earlier_ones(t
   assert not (tmp_path / "run.lock").exists()
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
   logs = []
-  monkeypatch.setattr("jax_attn.metrics.MetricsWriter.log", lambda self, m: logs.append(m))
+  monkeypatch.setattr("jax_attn.train.metrics.MetricsWriter.log", lambda self, m: logs.append(m))
   summary = trainer.train_and_evaluate(config, tmp_path)
   assert summary["steps"] == 16 and any("left by a checkpoint save that did not" in m for m in logs)
   assert not list((tmp_path / "checkpoints").glob("*tmp*"))

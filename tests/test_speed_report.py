@@ -1,12 +1,12 @@
-"""The GPU-speed report: experiments/gpu_speed.sh's files read against the issue's targets."""
+"""The GPU-speed report: experiments/gpu_speed.sh's files read against the GPU-speed targets."""
 import json
 
 import pytest
 
-from jax_attn import speed_report
+from jax_attn.tools import speed_report
 
 GIB = 2**30
-SEED = {"model": "sa_cnn", "preset": "seed", "image_size": 32, "batch_size": 64,
+SEED = {"model": "sa_cnn", "recipe": "notebook", "image_size": 32, "batch_size": 64,
         "backend": "gpu", "device_kind": "NVIDIA H200"}
 
 
@@ -36,15 +36,15 @@ def runs(tmp_path):
          train_step_ms=6.0, speedup_train=3.0, speedup_train_compile=0.9)
   _bench(tmp_path, "bf16_flash_k20", dtype="bfloat16", attention_impl="flash", steps_per_call=20,
          train_step_ms=4.0, speedup_train=4.6, speedup_train_compile=1.5)
-  # a tiny model's ratio is no evidence for the seed SA-CNN's targets
-  _bench(tmp_path, "f32_tiny", **{**SEED, "preset": "tiny"}, dtype="float32", speedup_train=9.0,
+  # a tiny model's ratio is no evidence for the notebook SA-CNN's targets
+  _bench(tmp_path, "f32_tiny", **{**SEED, "recipe": "tiny"}, dtype="float32", speedup_train=9.0,
          speedup_train_compile=9.0)
   for side, impl, memory in ((32, "einsum", 2), (64, "einsum", 32), (32, "flash", 1),
                              (64, "flash", 4), (96, "flash", 9)):
     _bench(tmp_path, f"scale_{side}px_{impl}", dtype="float32", attention_impl=impl,
            image_size=side, train_step_ms=side / 4, peak_memory_bytes=memory * GIB)
   _bench(tmp_path, "scale_96px_einsum", err="RESOURCE_EXHAUSTED: Out of memory allocating\n")
-  seed = {"recipe": "seed", "model": "sa_cnn", "epochs": 10}
+  seed = {"recipe": "notebook", "model": "sa_cnn", "epochs": 10}
   _run(tmp_path, "seed_f32_fast", {"dtype": "float32", "attention_impl": "flash"},
        {**seed, "dtype": "float32", "train_wall_s": 14.2, "eval_accuracy": 0.7228,
         "eval_loss": 0.81, "train_images_per_sec": 31700.0})
@@ -57,7 +57,7 @@ def runs(tmp_path):
          "jax_attn: error: the training loss became nan at step 5\n" if i == 3 else "ok\n")
   (tmp_path / "profile_table.md").write_text("### bf16_k20/sa_cnn (20 steps traced)\n\n| kind |\n")
   (tmp_path / "nan_3_replay.log").write_text(
-      'File "/x/jax_attn/attention.py", line 65, in einsum_attention\n'
+      'File "/x/jax_attn/models/attention.py", line 65, in einsum_attention\n'
       "FloatingPointError: invalid value (nan) encountered in sub\n")
   return tmp_path
 
@@ -83,7 +83,7 @@ def test_each_phase_is_read_against_its_target(runs, tmp_path):
   assert ("10 bf16 runs: 9 finished finite (300 steps), 9 of them after >= 300 steps; NaN: nan_3; "
           "did not finish: none") in lines
   assert ('- replay nan_3_replay: FloatingPointError: invalid value (nan) encountered in sub at '
-          'jax_attn/attention.py", line 65') in lines
+          'jax_attn/models/attention.py", line 65') in lines
   assert "- zero NaN in >= 10 bf16 runs of >= 300 steps: not met" in lines
   assert ("- einsum: peak memory ~ N^2.00, step time ~ N^0.50; no result at 96 px (out of memory)"
           in lines)
@@ -104,4 +104,4 @@ def test_zero_nan_needs_ten_finished_runs_of_300_steps(runs):
 
 def test_a_missing_directory_is_one_usage_line(tmp_path, capsys):
   assert speed_report.main(["speed_report", str(tmp_path / "missing")]) == 2
-  assert "usage: python -m jax_attn.speed_report RUNS_DIR" in capsys.readouterr().err
+  assert "usage: python -m jax_attn.tools.speed_report RUNS_DIR" in capsys.readouterr().err

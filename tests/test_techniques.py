@@ -1,5 +1,5 @@
-"""Each training technique does what its setting says (issue: tuned recipes), and the
-recipe chain resolves to the documented optimizer, schedule and augmentation."""
+"""Each training technique does what its setting says, and the packaged recipes resolve to the
+documented optimizer, schedule and augmentation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +7,13 @@ import flax.linen as nn
 import optax
 import pytest
 
-from jax_attn import augment, config as config_lib, models, optim, whitening
-from jax_attn.train import Lookahead, create_state, make_eval_body, make_train_body
+import tiny
+from jax_attn import configs, models
+from jax_attn.data import augment
+from jax_attn.models import whitening
+from jax_attn.train import optim
+from jax_attn.train.state import Lookahead, create_state
+from jax_attn.train.steps import make_eval_body, make_train_body
 
 
 def _image(height=6, width=6):
@@ -45,7 +50,7 @@ def test_train_step_uses_the_alternating_flip_of_index_and_epoch():
   """Through the train body: the images a step trains on are the documented ones."""
   seen = _SEEN
   probe = _Probe()
-  config = config_lib.augment_config(flip=True, alternating_flip=True)
+  config = tiny.augment(flip=True, alternating_flip=True)
   state = create_state(probe, optax.sgd(0.0), 0, (8, 8, 3))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)), jnp.uint8)
   batch = {"image": images, "label": jnp.arange(4), "position": jnp.arange(4),
@@ -70,7 +75,7 @@ def test_crop_moves_and_flip_mirrors_expected_pixels():
   moved = augment.translate(x, 1, -2)
   np.testing.assert_array_equal(moved[0, 1:, :4], x[0, :-1, 2:])  # content moved down 1, left 2
   np.testing.assert_array_equal(moved[0, 0], moved[0, 2])  # border filled by reflection
-  config = config_lib.augment_config(crop_padding=2)
+  config = tiny.augment(crop_padding=2)
   crops = augment.preprocess(jnp.repeat(image, 64, 0), config, jax.random.key(0), jnp.arange(64))
   distinct = {np.asarray(c).tobytes() for c in crops}
   assert len(distinct) > 10  # the crop moves (25 positions)
@@ -88,11 +93,11 @@ def test_tta_views_are_the_named_ones(flip, shift, expected):
 
 
 def test_eval_with_translate_averages_the_named_views():
-  model = models.get_model("vit", "tiny")
+  model = tiny.model("vit")
   state = create_state(model, optax.adam(1e-3), 0, (8, 8, 3))
   images = jax.random.randint(jax.random.key(1), (4, 8, 8, 3), 0, 256).astype(jnp.uint8)
   batch = {"image": images, "label": jnp.arange(4), "mask": jnp.ones(4, bool)}
-  config = config_lib.augment_config()
+  config = tiny.augment()
   sums = make_eval_body(model, config, flip=True, shift=1)(state, batch, None)
   x = augment.normalize(images, "reference")
   f = lambda v: model.apply({"params": state.params}, v)  # noqa: E731
@@ -124,6 +129,12 @@ def test_whitening_output_has_identity_covariance_over_training_patches():
 
 
 # ------------------------------------------------------------------ optimizer and lookahead
+def _optimizer(params, batch_stats, **settings):
+  config = configs.base("sa_cnn")
+  config.update(settings)
+  return optim.make_optimizer(config, optim.make_schedule(config, 1), 1, params, batch_stats)
+
+
 def test_param_groups_and_their_rates():
   params = {"whiten": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
             "bn1": {"bias": jnp.ones(3)}, "conv1": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
@@ -131,8 +142,8 @@ def test_param_groups_and_their_rates():
   groups = optim.param_groups(params, batch_stats)
   assert groups == {"whiten": {"kernel": "whiten_kernel", "bias": "whiten_bias"},
                     "bn1": {"bias": "bn_bias"}, "conv1": {"kernel": "default", "bias": "default"}}
-  tx = optim.make_optimizer("sgd", optax.constant_schedule(0.1), momentum=0.0, weight_decay=0.01,
-                            bias_lr_scale=64.0, whiten_bias_steps=2, groups=groups)
+  tx = _optimizer(params, batch_stats, optimizer="sgd", learning_rate=0.1, momentum=0.0,
+                  weight_decay=0.01, bias_lr_scale=64.0, whiten_bias_epochs=2.0, epochs=10)
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
   updates, state = tx.update(grads, state, params)
@@ -142,7 +153,7 @@ def test_param_groups_and_their_rates():
   np.testing.assert_allclose(updates["whiten"]["bias"], -0.1 * 1.01)
   for _ in range(2):
     updates, state = tx.update(grads, state, params)
-  assert float(jnp.abs(updates["whiten"]["bias"]).max()) == 0.0  # past whiten_bias_steps
+  assert float(jnp.abs(updates["whiten"]["bias"]).max()) == 0.0  # past whiten_bias_epochs
 
 
 def test_muon_orthogonalises_filter_steps_and_keeps_their_norm():
@@ -152,37 +163,36 @@ def test_muon_orthogonalises_filter_steps_and_keeps_their_norm():
   params = {"whiten": {"kernel": jnp.ones((2, 2, 3, 24))},
             "conv1": {"kernel": 3.0 * jax.random.normal(jax.random.key(0), (3, 3, 24, 16))},
             "bn1": {"bias": jnp.ones(16)}, "head": {"kernel": jnp.ones((16, 10))}}
-  groups = optim.param_groups(params, {"bn1": {"mean": jnp.zeros(16)}}, filters=True)
+  batch_stats = {"bn1": {"mean": jnp.zeros(16)}}
+  groups = optim.param_groups(params, batch_stats, filters=True)
   assert groups == {"whiten": {"kernel": "whiten_kernel"}, "conv1": {"kernel": "filters"},
                     "bn1": {"bias": "bn_bias"}, "head": {"kernel": "default"}}
   assert optim.param_groups(params, {}, filters=False)["conv1"]["kernel"] == "default"
-  tx = optim.make_optimizer("muon", optax.constant_schedule(0.5), momentum=0.85,
-                            groups=groups, muon_lr_scale=0.2, muon_momentum=0.6)
+  tx = _optimizer(params, batch_stats, optimizer="muon", learning_rate=0.5, momentum=0.85,
+                  muon_learning_rate=0.1, muon_momentum=0.6)
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
   updates, _ = tx.update(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   kernel = params["conv1"]["kernel"]
   rescaled = kernel * 4.0 / jnp.linalg.norm(kernel)  # sqrt(16 output channels)
-  step = np.asarray((new["conv1"]["kernel"] - rescaled) / -0.1).reshape(-1, 16)  # rate 0.5 x 0.2
+  step = np.asarray((new["conv1"]["kernel"] - rescaled) / -0.1).reshape(-1, 16)  # muon's rate
   singular = np.linalg.svd(step, compute_uv=False)
   assert 0.5 < singular.min() and singular.max() < 1.3, singular  # orthogonalised, not the grad
   assert np.sum(step * np.asarray(grads["conv1"]["kernel"]).reshape(-1, 16)) > 0  # downhill
   assert float(jnp.abs(updates["whiten"]["kernel"]).max()) == 0.0
   np.testing.assert_allclose(updates["head"]["kernel"], -0.5 * 1.85 * grads["head"]["kernel"],
                              rtol=1e-5)  # Nesterov's first step: (1 + momentum) x gradient
-  with pytest.raises(ValueError, match="needs the parameter groups"):
-    optim.make_optimizer("muon", optax.constant_schedule(0.5))
 
 
 def test_lookahead_weights_are_the_documented_average():
-  model = models.get_model("sa_cnn", "tiny", norm="batch")
+  model = tiny.model("sa_cnn", norm="batch")
   tx = optax.sgd(0.05)
   state = create_state(model, tx, 0, (8, 8, 3), lookahead=True)
   lookahead = Lookahead(every_steps=2, decay=0.9, total_steps=4)
   images = jax.random.randint(jax.random.key(1), (4, 8, 8, 3), 0, 256).astype(jnp.uint8)
   batch = {"image": images, "label": jnp.arange(4), "position": jnp.arange(4),
            "index": jnp.arange(4)}
-  config = config_lib.augment_config()
+  config = tiny.augment()
   plain = jax.jit(lambda s: make_train_body(model, tx, config, 0.0)(s, batch, None)[0])
   averaged = jax.jit(lambda s: make_train_body(model, tx, config, 0.0, 1, lookahead)(s, batch, None)[0])
   s1 = averaged(state)  # step 1: no averaging
@@ -200,60 +210,49 @@ def test_lookahead_weights_are_the_documented_average():
   jax.tree.map(np.testing.assert_array_equal, s4.params, s4.slow["params"])
 
 
-# ------------------------------------------------------------------ the recipe chain
-TUNED_V2 = {  # what the tuned_v2 docstrings promise
-    "sa_cnn": dict(optimizer="sgd", schedule="warmup_linear", batch_size=1000, learning_rate=1.5,
-                   momentum=0.85, weight_decay=0.0153 / 11.5, bias_lr_scale=64.0,
-                   grad_clip_norm=0.0, warmup_epochs=2.3, lr_warmup_start=0.2, lr_final=0.07,
-                   whiten_bias_epochs=3.0, lookahead_every_steps=5, lookahead_decay=0.95),
-    "vit": dict(optimizer="adamw", schedule="warmup_cosine", batch_size=125, learning_rate=2e-3,
-                weight_decay=5e-2, grad_clip_norm=1.0, warmup_epochs=2.0,
-                lookahead_every_steps=40, lookahead_decay=0.9936),
+# ------------------------------------------------------------------ the packaged recipes
+DOCUMENTED = {  # what the recipes' docstrings promise
+    "notebook": dict(optimizer="adam", schedule="constant", learning_rate=1e-3, batch_size=64,
+                     weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0, eval_flip=False,
+                     eval_translate=0, lookahead_every_steps=0),
+    "airbench": dict(optimizer="sgd", schedule="warmup_linear", batch_size=1000,
+                     learning_rate=1.5, momentum=0.85, weight_decay=0.0153 / 11.5,
+                     bias_lr_scale=64.0, grad_clip_norm=0.0, warmup_epochs=2.3,
+                     lr_warmup_start=0.2, lr_final=0.07, whiten_bias_epochs=3.0,
+                     lookahead_every_steps=5, lookahead_decay=0.95, label_smoothing=0.2,
+                     eval_flip=True, eval_translate=1),
+    "conv_tokens": dict(optimizer="adamw", schedule="warmup_cosine", batch_size=125,
+                        learning_rate=2e-3, weight_decay=5e-2, grad_clip_norm=1.0,
+                        warmup_epochs=2.0, lookahead_every_steps=40, lookahead_decay=0.9936,
+                        label_smoothing=0.2, eval_flip=True, eval_translate=1),
 }
 
 
 @pytest.mark.parametrize("model, recipe", [
-    ("sa_cnn", "seed"), ("vit", "seed"), ("sa_cnn", "tuned_v1"), ("vit", "tuned_v1"),
-    ("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_noattn"), ("sa_cnn", "tuned_v2_muon"),
-    ("sa_cnn", "tuned_v3"), ("sa_cnn", "tuned_v3_noattn"), ("vit", "tuned_v2"),
-    ("vit", "tuned_v3"), ("vit", "tuned_v4"), ("vit", "tuned_v5")])
+    ("sa_cnn", "notebook"), ("vit", "notebook"), ("sa_cnn", "airbench"),
+    ("sa_cnn", "airbench_noattn"), ("vit", "conv_tokens")])
 def test_recipe_resolves_to_documented_training(model, recipe):
-  config = config_lib.resolve(model, recipe)
-  documented = {
-      "seed": dict(optimizer="adam", schedule="constant", learning_rate=1e-3, batch_size=64,
-                   weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0, eval_flip=False,
-                   eval_translate=0, lookahead_every_steps=0),
-      "tuned_v1": dict(optimizer="adamw", schedule="warmup_cosine", weight_decay=5e-2,
-                       grad_clip_norm=1.0, label_smoothing=0.1, eval_flip=True, eval_translate=0,
-                       batch_size=128, learning_rate=4e-3 if model == "sa_cnn" else 2e-3,
-                       lookahead_every_steps=0),
-      "tuned_v2": dict(TUNED_V2[model], label_smoothing=0.2, eval_flip=True, eval_translate=1),
-  }[recipe if recipe in ("seed", "tuned_v1") else "tuned_v2"]  # v2's training, v3-v5 as well
-  v3 = model == "sa_cnn" and recipe.startswith("tuned_v3")  # the ViT's changes its tokenizer
-  if recipe.endswith("_muon") or v3:
-    documented.update(optimizer="muon", muon_learning_rate=0.24, muon_momentum=0.6)
-  assert config.model.get("pool_before_norm", False) == v3
-  if model == "vit":
-    tokenizer = "cnn" if recipe in ("tuned_v3", "tuned_v4", "tuned_v5") else "conv"
-    assert config.model.tokenizer == ("patch" if recipe == "seed" else tokenizer)
-    assert config.model.local_kernel == {"tuned_v4": 3, "tuned_v5": 5}.get(recipe, 0)
-  if model == "sa_cnn" and recipe.startswith(("tuned_v2", "tuned_v3")):
-    assert config.model.attention_stages == (() if recipe.endswith("_noattn") else (0, 1))
-  for key, value in documented.items():
+  config = configs.get_recipe(model, recipe)
+  for key, value in DOCUMENTED[recipe.removesuffix("_noattn")].items():
     assert config[key] == value, key
-  v2 = recipe.startswith(("tuned_v2", "tuned_v3", "tuned_v4", "tuned_v5"))
-  norm = "reference" if recipe == "seed" else "mean_std"
-  assert config.augment.normalization == norm
+  if model == "vit":
+    assert (config.model.tokenizer, config.model.local_kernel) == (
+        ("patch", 0) if recipe == "notebook" else ("airbench", 5))
+  else:
+    assert config.model.attention_stages == {"notebook": (0, 1, 2, 3), "airbench": (0, 1),
+                                             "airbench_noattn": ()}[recipe]
+  augmented = recipe != "notebook"
+  assert config.augment.normalization == ("mean_std" if augmented else "reference")
   assert (config.augment.crop_padding, config.augment.flip, config.augment.alternating_flip) == (
-      (0, False, False) if recipe == "seed" else (2, True, True) if v2 else (4, True, False))
-  if v2:
+      (2, True, True) if augmented else (0, False, False))
+  if augmented:
     assert 45000 % config.batch_size == 0  # every example is seen exactly once an epoch
-  steps = 45000 // config.batch_size * config.epochs
-  warm = round(config.warmup_epochs * 45000 // config.batch_size)
-  schedule = optim.make_schedule(config.schedule, config.learning_rate, steps, warm,
-                                 config.lr_warmup_start, config.lr_final)
+  per_epoch = 45000 // config.batch_size
+  steps = per_epoch * config.epochs
+  warm = round(config.warmup_epochs * per_epoch)
+  schedule = optim.make_schedule(config, per_epoch)
   lr = config.learning_rate
-  if recipe == "seed":
+  if recipe == "notebook":
     assert float(schedule(0)) == float(schedule(steps - 1)) == 1e-3
   elif config.schedule == "warmup_linear":  # 0.2x -> 1x over the warm-up, then to 0.07x
     assert float(schedule(0)) == pytest.approx(0.2 * lr)
@@ -268,9 +267,9 @@ def test_recipe_resolves_to_documented_training(model, recipe):
     assert float(schedule(warm)) == pytest.approx(lr, rel=1e-3)
 
 
-# ------------------------------------------------------------------ the SA-CNN of tuned_v2
+# ------------------------------------------------------------------ airbench's SA-CNN
 def test_dirac_init_starts_convs_as_the_identity():
-  from jax_attn.initializers import dirac
+  from jax_attn.models.initializers import dirac
   kernel = dirac(nn.initializers.lecun_normal())(jax.random.key(0), (3, 3, 4, 6))
   x = jax.random.normal(jax.random.key(1), (1, 5, 5, 4))
   y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
@@ -279,57 +278,59 @@ def test_dirac_init_starts_convs_as_the_identity():
   assert float(jnp.abs(kernel[..., 4:]).sum()) > 0  # the others keep the base init
 
 
-@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3"])
-def test_tuned_sa_cnn_budget_attention_and_ablation(recipe):
+def test_airbench_sa_cnn_budget_attention_and_ablation():
   """<= 550,000 parameters (frozen whitening filters included), two SAGAN layers, and the
   ablation within 2 % of its parameter count."""
-  with_attention = config_lib.resolve("sa_cnn", recipe, {"data.image_size": 32})
-  without = config_lib.resolve("sa_cnn", f"{recipe}_noattn", {"data.image_size": 32})
-  shapes = models.param_shapes(config_lib.build_model(with_attention), (32, 32, 3))
+  with_attention = configs.get_recipe("sa_cnn", "airbench", image_size=32)
+  without = configs.get_recipe("sa_cnn", "airbench_noattn", image_size=32)
+  shapes = models.param_shapes(models.get_model(with_attention), (32, 32, 3))
   count = models.count_params(shapes)
-  ablation = models.count_params(models.param_shapes(config_lib.build_model(without), (32, 32, 3)))
+  ablation = models.count_params(models.param_shapes(models.get_model(without), (32, 32, 3)))
   assert count <= 550_000 and abs(ablation - count) / count < 0.02
   assert [k for k in shapes if k.startswith("sa")] == ["sa1", "sa2"]
   assert "gamma" in shapes["sa1"] and shapes["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
-  assert not [k for k in models.param_shapes(config_lib.build_model(without), (32, 32, 3))
+  assert not [k for k in models.param_shapes(models.get_model(without), (32, 32, 3))
               if k.startswith("sa")]
   assert all("scale" not in v for k, v in shapes.items() if k.startswith("bn"))  # no BN scale
-  model = config_lib.build_model(with_attention)
+  model = models.get_model(with_attention)
   variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   _, sown = model.apply(variables, images, mutable=["intermediates"])
   weights = jax.tree.leaves(sown["intermediates"])
-  assert [w.shape for w in weights] == [(2, 225, 225), (2, 49, 49)]  # attention at 15x15 and 7x7
+  assert [w.shape for w in weights] == [(2, 1, 225, 225), (2, 1, 49, 49)]  # at 15x15 and 7x7
 
 
-@pytest.mark.parametrize("model, recipe", [("sa_cnn", "tuned_v2"), ("sa_cnn", "tuned_v2_muon"),
-                                           ("vit", "tuned_v3")])
-def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, model, recipe):
+@pytest.mark.parametrize("model, recipe, settings", [
+    ("sa_cnn", "airbench", {}), ("sa_cnn", "airbench", {"optimizer": "muon"}),
+    ("vit", "conv_tokens", {})])
+def test_trainer_fills_the_whitening_filters_and_freezes_them(tmp_path, model, recipe, settings):
   """A short run on synthetic data (SGD, Muon on the filters, and the ViT's AdamW with its
-  ``cnn`` tokenizer): the stem's filters are the whitening of the training images and do not
+  airbench tokenizer): the stem's filters are the whitening of the training images and do not
   change."""
-  from jax_attn import data, trainer
+  import orbax.checkpoint as ocp
+  from jax_attn import data
+  from jax_attn.train import loop
   small = ({"model.widths": (8, 16, 16)} if model == "sa_cnn" else
            {"model.stem_widths": (8,), "model.hidden_dim": 16, "model.num_heads": 2,
             "model.mlp_dim": 16, "model.depth": 1,
             "lookahead_every_steps": 4})  # (at 40, this 16-step run would end on its start)
-  config = config_lib.resolve(model, recipe, {
-      "data.synthetic": True, "data.synthetic_size": 256, "data.image_size": 16,
-      "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4, **small})
-  trainer.train_and_evaluate(config, tmp_path)
-  import orbax.checkpoint as ocp
+  config = configs.get_recipe(model, recipe, **{
+      "data.synthetic": True, "data.synthetic_size": 256, "image_size": 16,
+      "batch_size": 32, "epochs": 2, "whiten_bias_epochs": 1.0, "log_every_steps": 4, **small,
+      **settings})
+  loop.train_and_evaluate(config, tmp_path)
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
   state = manager.restore(manager.latest_step())["state"]
-  split = data.make_source(config.data).load("train")
+  split = data.make_source(config).load("train")
   images = np.asarray(augment.normalize(split.images[:5000], "mean_std"))
-  params = state["params"] if model == "sa_cnn" else state["params"]["cnn_tokenizer"]["trunk"]
+  params = state["params"] if model == "sa_cnn" else state["params"]["airbench_tokenizer"]
   np.testing.assert_allclose(params["stem"]["whiten"]["kernel"],
                              whitening.whitening_kernel(images), rtol=1e-4, atol=1e-5)
   if model == "vit":  # the tokenizer's batch norms kept running statistics
-    stats = state["batch_stats"]["cnn_tokenizer"]["trunk"]
+    stats = state["batch_stats"]["airbench_tokenizer"]
     assert sorted(stats) == ["bn1", "bn2", "bn3"]
     assert float(np.abs(stats["bn1"]["mean"]).sum()) > 0
-  if recipe == "tuned_v2_muon":  # every other conv kernel ends at Frobenius norm sqrt(out)
+  if settings.get("optimizer") == "muon":  # every other conv kernel ends at Frobenius norm sqrt(out)
     kernels = [v["kernel"] for k, v in state["params"].items() if k.startswith("conv")]
     assert len(kernels) == 6 and all(np.isfinite(k).all() for k in kernels)
     for k in kernels:  # (the last lookahead average mixes slightly different kernels)

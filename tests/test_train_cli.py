@@ -5,12 +5,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jax_attn import trainer
-from conftest import TINY
+from jax_attn.train import loop
+from conftest import TINY, tiny
 
 
 def test_trains_and_writes_results(main_cli, tmp_path):
-  out = main_cli(["--model=vit", *TINY, "--epochs=3", "--learning_rate=1e-2",
+  out = main_cli([*tiny("vit"), "--epochs=3", "--learning_rate=1e-2",
                   f"--workdir={tmp_path}"])
   summary = json.loads((tmp_path / "summary.json").read_text())
   for key in ("model", "recipe", "params", "epochs", "steps", "eval_accuracy", "eval_loss",
@@ -31,20 +31,21 @@ def test_trains_and_writes_results(main_cli, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--model=resnet"], "--model=resnet is unknown: use one of sa_cnn, vit"),
+    (["stray"], "unexpected argument 'stray': every setting is a --flag"),
     (["--learning_rate=-1"], "--learning_rate=-1.0 must be positive"),
     (["--epochs=0"], "--epochs=0 must be at least 1"),
     (["--num_cpu_devices=4", "--parallel=pmap", "--batch_size=6"],
      "--batch_size=6 is not divisible by the 4 devices"),
     (["--nosynthetic", "--image_folder=/nonexistent"], "--image_folder=/nonexistent does not exist"),
     (["--cifar_archive=/x"], "choose one data source, not --cifar_archive and --synthetic"),
-    (["--recipe=fancy"], "--recipe=fancy is unknown"),
+    (["--model=sa_cnn", "--recipe=fancy"], "--recipe=fancy is unknown for sa_cnn: use one of "
+                                           "notebook, airbench, airbench_noattn"),
     (["--optimizer=lion"], "--optimizer=lion is unknown: use one of adam, adamw, sgd"),
-    (["--preset=huge"], "--preset=huge: unknown preset 'huge'"),
-    (["--model_arg=bogus=1"], "sa_cnn has no hyper-parameter bogus"),
-    (["--model_arg=depth=abc"], "depth"),
-    (["--model_arg=widths=(0,)", "--model=sa_cnn"], "SACNN widths must be positive"),
+    (["--model=sa_cnn", "--config.model.widths=(0,)"], "SACNN widths must be positive"),
     (["--model=vit", "--config.model.depth=0"], "ViT depth must be positive"),
     (["--model=vit", "--config.model.depth=abc"], "config.model.depth"),
+    (["--model=vit", "--config.model.depht=2"], '--config.model.depht: the config has no setting '
+                                               'model.depht; did you mean "depth"?'),
     (["--config.model.depth=3"], "--config.model.depth: the config has no setting model.depth"),
     (["--config.nonexistent=1"], "--config.nonexistent: the config has no setting nonexistent"),
     (["--epochs=ten"], "epochs"),
@@ -60,9 +61,9 @@ def test_bad_flags_fail_with_one_line(main_cli, tmp_path, args, message):
 
 
 def test_refuses_to_resume_another_architecture(main_cli, tmp_path):
-  main_cli(["--model=vit", *TINY, "--max_steps=4", f"--workdir={tmp_path}"])
+  main_cli([*tiny("vit"), "--max_steps=4", f"--workdir={tmp_path}"])
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-  result = main_cli(["--model=sa_cnn", *TINY, "--max_steps=4", f"--workdir={tmp_path}"],
+  result = main_cli([*tiny("sa_cnn"), "--max_steps=4", f"--workdir={tmp_path}"],
                     check=False)
   assert result.returncode == 2
   assert "another architecture" in result.stderr and "model_name: 'vit' -> 'sa_cnn'" in result.stderr
@@ -70,7 +71,7 @@ def test_refuses_to_resume_another_architecture(main_cli, tmp_path):
 
 
 def test_diverging_loss_stops_and_keeps_good_checkpoints(main_cli, tmp_path):
-  result = main_cli(["--model=vit", *TINY, "--optimizer=sgd", "--learning_rate=1e12",
+  result = main_cli([*tiny("vit"), "--optimizer=sgd", "--learning_rate=1e12",
                      "--checkpoint_every_steps=1", f"--workdir={tmp_path}"], check=False)
   assert result.returncode == 2, result.stderr
   assert "non-finite" in result.stderr or "loss became" in result.stderr
@@ -85,7 +86,7 @@ def test_diverging_loss_stops_and_keeps_good_checkpoints(main_cli, tmp_path):
 def test_jax_debug_nans_names_the_op_in_any_step(main_cli, tmp_path):
   # The NaN first appears in step 2's output: JAX's check must still be armed after step 1's
   # trace (run_guard.armed_nan_checks), and name the op and our source line, not only the step.
-  result = main_cli(["--model=vit", *TINY, "--optimizer=sgd", "--learning_rate=1e12",
+  result = main_cli([*tiny("vit"), "--optimizer=sgd", "--learning_rate=1e12",
                      "--log_every_steps=1", "--max_steps=4", f"--workdir={tmp_path}"],
                     env={"JAX_DEBUG_NANS": "True"}, check=False)
   assert result.returncode != 0
@@ -96,7 +97,7 @@ def test_jax_debug_nans_names_the_op_in_any_step(main_cli, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_divergence_error_names_the_checkpoint_and_what_to_change(tmp_path, dtype):
-  message = str(trainer.diverged("the training loss became nan at step 5", tmp_path, dtype))
+  message = str(loop.diverged("the training loss became nan at step 5", tmp_path, dtype))
   assert message.startswith("the training loss became nan at step 5: stopping;")
   assert f"the last good checkpoint in {tmp_path / 'checkpoints'} is kept" in message
   assert "--learning_rate" in message and "--grad_clip_norm" in message
@@ -105,7 +106,7 @@ def test_divergence_error_names_the_checkpoint_and_what_to_change(tmp_path, dtyp
 
 
 def test_unreadable_latest_checkpoint_falls_back(main_cli, tmp_path):
-  args = ["--model=vit", *TINY, "--epochs=2", f"--workdir={tmp_path}"]
+  args = [*tiny("vit"), "--epochs=2", f"--workdir={tmp_path}"]
   main_cli(args)
   latest = tmp_path / "checkpoints" / "32"
   for path in latest.rglob("*"):
@@ -118,7 +119,7 @@ def test_unreadable_latest_checkpoint_falls_back(main_cli, tmp_path):
 
 
 def test_bfloat16_compute_keeps_float32_params(main_cli, tmp_path):
-  main_cli(["--model=vit", *TINY, "--max_steps=6", "--dtype=bfloat16", f"--workdir={tmp_path}"])
+  main_cli([*tiny("vit"), "--max_steps=6", "--dtype=bfloat16", f"--workdir={tmp_path}"])
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["dtype"] == "bfloat16" and np.isfinite(summary["eval_loss"])
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
@@ -128,7 +129,7 @@ def test_bfloat16_compute_keeps_float32_params(main_cli, tmp_path):
 
 def test_rerunning_a_finished_run_only_evaluates_it(main_cli, tmp_path):
   """The documented way to add flip test-time augmentation to a finished run."""
-  args = ["--model=vit", *TINY, "--epochs=1", f"--workdir={tmp_path}"]
+  args = [*tiny("vit"), "--epochs=1", f"--workdir={tmp_path}"]
   main_cli(args)
   before = json.loads((tmp_path / "summary.json").read_text())
   records = (tmp_path / "metrics.jsonl").read_text()

@@ -1,17 +1,18 @@
-"""The tuned ViTs' techniques do what their settings say: the layout of the tuned recipes
-(class token beside sequence pooling, airbench's trunk as tokenizer) and local mixing."""
+"""The conv_tokens ViT's techniques do what their settings say: the class token beside
+sequence pooling, airbench's trunk as the tokenizer, and local mixing."""
 import jax
 import numpy as np
 import pytest
 
-from jax_attn import config as config_lib, models
-from jax_attn.vit import LocalMixing, SequencePool, ViT
+from jax_attn import configs, models
+from jax_attn.models.vit import LocalMixing, ViT
 
 
-@pytest.mark.parametrize("recipe", ["tuned_v2", "tuned_v3", "tuned_v4", "tuned_v5"])
-def test_tuned_vit_is_a_vit_with_sequence_pooling_beside_the_class_token(recipe):
-  config = config_lib.resolve("vit", recipe, {"data.image_size": 32})
-  model = config_lib.build_model(config)
+@pytest.mark.parametrize("local_kernel", [0, 3, 5])
+def test_conv_tokens_vit_has_sequence_pooling_beside_the_class_token(local_kernel):
+  config = configs.get_recipe("vit", "conv_tokens", image_size=32,
+                              **{"model.local_kernel": local_kernel})
+  model = models.get_model(config)
   shapes = models.param_shapes(model, (32, 32, 3))
   count = models.count_params(shapes)
   encoder = sum(models.count_params(v) for k, v in shapes.items() if k.startswith("encoder_block"))
@@ -19,21 +20,32 @@ def test_tuned_vit_is_a_vit_with_sequence_pooling_beside_the_class_token(recipe)
   assert shapes["head"]["kernel"].shape == (2 * 128, 10)  # class token beside the pooled tokens
   local = [v["local"]["conv"]["kernel"].shape for k, v in shapes.items()
            if k.startswith("encoder_block") and "local" in v]
-  kernel = {"tuned_v4": 3, "tuned_v5": 5}.get(recipe)
+  kernel = local_kernel
   assert local == ([(kernel, kernel, 1, 128)] * 4 if kernel else [])
-  if recipe in ("tuned_v3", "tuned_v4", "tuned_v5"):  # airbench's trunk: whitening, 3 convs, BN without scale, 7x7 tokens
-    trunk = shapes["cnn_tokenizer"]["trunk"]
-    assert trunk["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
-    assert [trunk[f"conv{i}"]["kernel"].shape for i in (1, 2, 3)] == [
-        (3, 3, 24, 64), (3, 3, 64, 64), (3, 3, 64, 128)]
-    assert [sorted(trunk[f"bn{i}"]) for i in (1, 2, 3)] == [["bias"]] * 3
-    assert shapes["pos_embedding"]["pos_embedding"].shape == (1, 7 * 7 + 1, 128)
-  tokens = jax.random.normal(jax.random.key(0), (2, 5, 4))
-  pool = SequencePool()
-  params = pool.init(jax.random.key(1), tokens)
-  scores = tokens @ params["params"]["score"]["kernel"] + params["params"]["score"]["bias"]
-  weights = jax.nn.softmax(scores, axis=1)
-  np.testing.assert_allclose(pool.apply(params, tokens), (weights * tokens).sum(1), rtol=1e-5)
+  # airbench's trunk: whitening, 3 convs, batch norm without scale, 7x7 tokens
+  trunk = shapes["airbench_tokenizer"]
+  assert trunk["stem"]["whiten"]["kernel"].shape == (2, 2, 3, 24)
+  assert [trunk[f"conv{i}"]["kernel"].shape for i in (1, 2, 3)] == [
+      (3, 3, 24, 64), (3, 3, 64, 64), (3, 3, 64, 128)]
+  assert [sorted(trunk[f"bn{i}"]) for i in (1, 2, 3)] == [["bias"]] * 3
+  assert shapes["pos_embedding"].shape == (1, 7 * 7 + 1, 128)
+
+
+def test_sequence_pooling_is_a_softmax_weighted_mean_beside_the_class_token():
+  """The head reads the class token beside the tokens weighted by a softmax over a learned
+  score of each (CCT's sequence pooling)."""
+  model = ViT(patch_size=4, hidden_dim=16, num_heads=2, mlp_dim=16, depth=1, dropout_rate=0.0,
+              norm_position="pre", pooling="class_seq")
+  images = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = models.init_variables(model, jax.random.key(1), (8, 8, 3))
+  logits, state = model.apply(variables, images, capture_intermediates=True,
+                              mutable=["intermediates"])
+  x = state["intermediates"]["encoder_norm"]["__call__"][0]  # [2, 1 + 4 tokens, 16]
+  params = variables["params"]
+  scores = x[:, 1:] @ params["sequence_pool"]["kernel"] + params["sequence_pool"]["bias"]
+  pooled = (jax.nn.softmax(scores, axis=1) * x[:, 1:]).sum(1)
+  expected = np.concatenate([x[:, 0], pooled], -1) @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_local_mixing_convolves_the_token_grid_row_major_after_the_class_token():
@@ -58,7 +70,7 @@ def test_a_vit_with_local_mixing_starts_as_one_without_and_then_uses_it(pooling,
   parameters (also the last, which computes only the class token with class pooling), they
   change the logits once non-zero, and attention maps can still be collected."""
   images = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
-  base = dict(tokenizer="cnn", stem_widths=(8,), hidden_dim=16, num_heads=2, mlp_dim=16,
+  base = dict(tokenizer="airbench", stem_widths=(8,), hidden_dim=16, num_heads=2, mlp_dim=16,
               depth=2, dropout_rate=0.0, norm_position=norm_position, pooling=pooling)
   with_local, without_local = ViT(**base, local_kernel=3), ViT(**base)
   variables = models.init_variables(with_local, jax.random.key(3), (16, 16, 3))

@@ -1,38 +1,36 @@
-"""The one schema: every setting of a run, its default, its help and its command-line flag.
+"""The schema: every setting of a run, declared once, with its default, type, choices, valid
+range, help and command-line flag.
 
-``get_config()`` returns these defaults as an ``ml_collections.ConfigDict``; the recipe files
-beside this one (``sa_cnn.py``, ``vit.py``) start from it, ``jax_attn.main`` generates its
-``--flags`` from ``SETTINGS``, and ``jax_attn.config.validate`` checks a resolved config.
-Adding a setting = one ``Setting`` here (plus its README row); the model's own
-hyper-parameters are the fields of its Flax module (``config.model``, see ``models.py``).
+``get_config()`` returns the defaults as an ``ml_collections.ConfigDict``; the recipe files
+beside this one start from it, ``jax_attn.main`` generates its ``--flags`` from ``SETTINGS``
+and ``jax_attn.configs.validate`` checks a config against it. The model's hyper-parameters are
+the fields of its Flax module (``config.model``), checked by the module itself.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-from jax_attn.attention import ATTENTION_IMPLS
-from jax_attn.augment import NORMALIZATIONS
-from jax_attn.optim import OPTIMIZERS, SCHEDULES
-from jax_attn.parallel import CPU_KERNELS, PARALLEL_MODES
-
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """One setting: dotted ``path`` in the config, default, help, and its flag.
+  """One setting: its dotted ``path`` in the config, default and help.
 
-  ``kind`` is the value type (needed when the default is None); ``choices`` are the only
-  allowed values (checked by ``validate``); ``flag`` is the ``--flag`` name (by default the
-  path with dots as underscores; None: no flag of its own, set it with ``--config.PATH``).
+  ``kind``: the value type where the default is None. ``choices``: the only values allowed.
+  ``valid``: the allowed range, ``> 0``, ``>= N``, ``[0, 1)`` or ``[0, 1]``. ``flag``: the
+  ``--flag`` name (default: the path with dots as underscores; None: set it with
+  ``--config.PATH`` only).
   """
   path: str
   default: Any
   help: str
   kind: type | None = None
   choices: tuple[str, ...] = ()
+  valid: str = ""
   flag: str | None = ""
 
   @property
@@ -43,97 +41,122 @@ class Setting:
   def value_type(self) -> type:
     return self.kind or type(self.default)
 
+  def problem(self, value: Any) -> str | None:
+    """Why ``value`` is not allowed (``must be ...``), or None."""
+    if value is None:
+      return None
+    if self.choices and value not in self.choices:
+      return f"is unknown: use one of {', '.join(self.choices)}"
+    match = re.fullmatch(r"(>=?) (\S+)|([\[(])(\S+), (\S+)([\])])", self.valid)
+    if not match:
+      return None
+    if match[1]:
+      low = float(match[2])
+      ok = value > low if match[1] == ">" else value >= low
+      wanted = {"> 0": "positive"}.get(self.valid, f"at least {match[2]}" if match[2] != "0"
+                                      else ">= 0")
+    else:
+      low, high = float(match[4]), float(match[5])
+      ok = (low < value if match[3] == "(" else low <= value) and (
+          value < high if match[6] == ")" else value <= high)
+      wanted = f"in {self.valid}"
+    return None if ok else f"must be {wanted}"
 
-DTYPES = ("float32", "bfloat16")
 
 SETTINGS: tuple[Setting, ...] = (
     # What is trained (the model's hyper-parameters are config.model.*).
-    Setting("model_name", "sa_cnn", "Model family: sa_cnn or vit (the --model shorthand picks the "
-            "packaged recipe file).", choices=("sa_cnn", "vit"), flag=None),
-    Setting("recipe", "custom", "Name of the recipe (the --recipe shorthand picks it from the "
-            "packaged file); names the default workdir.", flag=None),
-    Setting("preset", "seed", "Named architecture config.model started from (models.PRESETS); "
-            "--preset=NAME replaces config.model by that preset."),
-    Setting("num_classes", 10, "Number of classes of the data."),
-    Setting("image_size", None, "Image side the model was built for; filled from the data.",
-            kind=int, flag=None),
+    Setting("model_name", "sa_cnn", "Model family (--model picks its packaged recipe file).",
+            flag=None),
+    Setting("recipe", "custom", "Name of the recipe (--recipe picks a packaged one); names the "
+            "default workdir.", flag=None),
+    Setting("num_classes", 10, "Number of classes of the data.", valid=">= 1"),
+    Setting("image_size", None, "Image side: image-folder images are resized to it, synthetic "
+            "images made at it; unset: the data's own (recorded in config.json).", kind=int,
+            valid=">= 1"),
+    Setting("class_names", None, "The data's class names in label order (recorded from the "
+            "data).", kind=tuple, flag=None),
     # Optimisation.
-    Setting("epochs", 10, "Training epochs."),
-    Setting("batch_size", 64, "Global batch size, across all devices and processes."),
-    Setting("learning_rate", 1e-3, "Peak learning rate."),
-    Setting("optimizer", "adam", "Optimizer (sgd = Nesterov momentum; muon = Muon on the "
-            "convolution filters, sgd for the rest).", choices=OPTIMIZERS),
-    Setting("schedule", "constant", "Learning-rate schedule.", choices=SCHEDULES),
-    Setting("warmup_epochs", 0.0, "Warm-up epochs of --schedule=warmup_cosine or warmup_linear."),
-    Setting("lr_warmup_start", 0.2, "warmup_linear: the learning rate at step 0, as a fraction of "
-            "the peak."),
-    Setting("lr_final", 0.07, "warmup_linear: the learning rate at the last step, as a fraction "
-            "of the peak."),
-    Setting("weight_decay", 0.0, "Weight decay (decoupled for adamw)."),
-    Setting("momentum", 0.9, "Nesterov momentum for --optimizer=sgd (and muon's other "
-            "parameters)."),
-    Setting("muon_learning_rate", 0.24, "--optimizer=muon: the peak rate of the convolution "
-            "filters (Muon, schedule-shaped); every other parameter: SGD at --learning_rate."),
-    Setting("muon_momentum", 0.6, "--optimizer=muon: the filters' Nesterov momentum."),
+    Setting("epochs", 10, "Training epochs.", valid=">= 1"),
+    Setting("batch_size", 64, "Global batch size, across all devices and processes.",
+            valid=">= 1"),
+    Setting("learning_rate", 1e-3, "Peak learning rate.", valid="> 0"),
+    Setting("optimizer", "adam", "adam, adamw, sgd (Nesterov) or muon (Muon on the 3x3 "
+            "convolution filters, sgd for the rest).", choices=("adam", "adamw", "sgd", "muon")),
+    Setting("schedule", "constant", "Learning-rate schedule: constant, warmup_cosine (from 0, "
+            "cosine to 0) or warmup_linear (from --lr_warmup_start, linear to --lr_final).",
+            choices=("constant", "warmup_cosine", "warmup_linear")),
+    Setting("warmup_epochs", 0.0, "Warm-up epochs of warmup_cosine and warmup_linear.",
+            valid=">= 0"),
+    Setting("lr_warmup_start", 0.2, "warmup_linear: the rate at step 0, as a fraction of the "
+            "peak.", valid=">= 0"),
+    Setting("lr_final", 0.07, "warmup_linear: the rate at the last step, as a fraction of the "
+            "peak.", valid=">= 0"),
+    Setting("weight_decay", 0.0, "Weight decay (decoupled for adamw).", valid=">= 0"),
+    Setting("momentum", 0.9, "Nesterov momentum of sgd (and of muon's other parameters).",
+            valid="[0, 1)"),
+    Setting("muon_learning_rate", 0.24, "muon: the filters' peak rate (schedule-shaped, no "
+            "weight decay).", valid="> 0"),
+    Setting("muon_momentum", 0.6, "muon: the filters' Nesterov momentum.", valid="[0, 1)"),
     Setting("bias_lr_scale", 1.0, "Learning-rate multiplier of batch-norm biases; their weight "
-            "decay is divided by it (the same decay per step)."),
+            "decay is divided by it (the same decay per step).", valid="> 0"),
     Setting("whiten_bias_epochs", 3.0, "Epochs the whitening layer's bias trains (its filters, "
-            "computed from the training images, never do); models with stem='whiten'."),
-    Setting("lookahead_every_steps", 0, "Lookahead/EMA of the weights every N steps (0 = off): "
-            "weights = slow = rho*slow + (1-rho)*weights, rho = decay^N * progress^3."),
-    Setting("lookahead_decay", 0.95, "Per-step decay of --lookahead_every_steps."),
-    Setting("grad_clip_norm", 0.0, "Clip gradients to this global norm; 0 = off."),
-    Setting("label_smoothing", 0.0, "Label smoothing of the cross-entropy."),
-    Setting("seed", 0, "Seed of every random choice (init, data order, augmentation, dropout)."),
+            "computed from the training images, never do).", valid=">= 0"),
+    Setting("lookahead_every_steps", 0, "Every N steps the weights become slow = rho * slow + "
+            "(1 - rho) * weights, rho = decay^N * progress^3 (0 = off).", valid=">= 0"),
+    Setting("lookahead_decay", 0.95, "Per-step decay of the lookahead.", valid="[0, 1]"),
+    Setting("grad_clip_norm", 0.0, "Clip gradients to this global norm (0 = off).",
+            valid=">= 0"),
+    Setting("label_smoothing", 0.0, "Label smoothing of the cross-entropy.", valid="[0, 1)"),
+    Setting("seed", 0, "Seed of every random choice: init, data order, augmentation, dropout."),
     # How it runs.
     Setting("parallel", None, "Data parallelism; unset: pmap with several devices, else none.",
-            kind=str, choices=PARALLEL_MODES),
-    Setting("dtype", "float32", "Compute dtype (params, softmax and loss stay float32).",
-            choices=DTYPES),
-    Setting("attention_impl", "einsum", "einsum = the explicit reference core; chunked = the same "
-            "core one image at a time, recomputed for the gradient (fastest SA-CNN on CPU); fused = "
-            "jax.nn.dot_product_attention; flash = JAX's Pallas flash-attention kernel on GPUs (no "
-            "N x N scores in memory; chunked elsewhere). chunked/fused/flash sow no weights.", choices=ATTENTION_IMPLS),
-    Setting("cpu_kernels", "ynnpack", "On a CPU backend: ynnpack hands dots/convolutions to XLA's "
-            "YNNPACK library; xla uses XLA's own kernels.", choices=CPU_KERNELS),
-    Setting("max_steps", None, "Stop after this many steps (smoke runs).", kind=int),
-    # Evaluation, checkpoints, logs.
-    Setting("eval_every_epochs", 1, "Evaluate every N epochs (and always at the end)."),
-    Setting("eval_flip", False, "Evaluate with flip test-time augmentation (mean logits of each "
-            "image and its mirror image); the accuracy without it is recorded too."),
-    Setting("eval_translate", 0, "Test-time views moved by +-N pixels (reflect padding), weight "
-            "1/4 each against 1/2 for the unmoved view; with --eval_flip each view and its mirror "
-            "image. 0 = off."),
-    Setting("checkpoint_every_steps", 500, "Checkpoint every N steps (and at every epoch end)."),
-    Setting("keep_checkpoints", 3, "How many recent checkpoints to keep."),
-    Setting("log_every_steps", 50, "Log a metrics record every N steps."),
+            kind=str, choices=("none", "pmap", "shard_map")),
+    Setting("dtype", "float32", "Compute dtype (parameters, softmax and loss stay float32).",
+            choices=("float32", "bfloat16")),
+    Setting("attention_impl", "einsum", "einsum (the explicit core; sows the weights), chunked "
+            "(the same core one image at a time: the fastest SA-CNN on a CPU) or flash (the "
+            "Pallas flash-attention kernel on GPUs: no N x N scores in memory; chunked "
+            "elsewhere).", choices=("einsum", "chunked", "flash")),
+    Setting("cpu_kernels", "ynnpack", "CPU backend: ynnpack (XLA hands dots and convolutions "
+            "to YNNPACK) or xla (XLA's own kernels).", choices=("ynnpack", "xla")),
+    Setting("max_steps", None, "Stop after this many steps (smoke runs).", kind=int,
+            valid=">= 1"),
     Setting("steps_per_call", 1, "K > 1: the splits stay on the devices and each dispatch runs "
-            "K train steps (one fori_loop), ending early at log, checkpoint and epoch boundaries; "
-            "evaluation is one dispatch. Same batches in the same order as K = 1."),
+            "up to K train steps; the same batches in the same order as K = 1.", valid=">= 1"),
+    # Evaluation, checkpoints, logs.
+    Setting("eval_every_epochs", 1, "Evaluate every N epochs (and always at the end).",
+            valid=">= 1"),
+    Setting("eval_flip", False, "Test-time flip: mean logits of each image and its mirror "
+            "image (the accuracy without it is recorded too)."),
+    Setting("eval_translate", 0, "Test-time views moved by +-N pixels (weight 1/4 each, 1/2 "
+            "for the unmoved one), each with its mirror image under --eval_flip.",
+            valid=">= 0"),
+    Setting("checkpoint_every_steps", 500, "Checkpoint every N steps (and at every epoch end).",
+            valid=">= 1"),
+    Setting("keep_checkpoints", 3, "How many recent checkpoints to keep.", valid=">= 1"),
+    Setting("log_every_steps", 50, "One metrics record every N steps.", valid=">= 1"),
     # On-device preprocessing and augmentation.
-    Setting("augment.normalization", "reference", "reference = (x/255-0.5)/0.5; mean_std = CIFAR-10 "
-            "channel statistics.", choices=NORMALIZATIONS, flag="normalization"),
-    Setting("augment.crop_padding", 0, "Random crop after reflect padding by N pixels; 0 = off."),
+    Setting("augment.normalization", "reference", "reference: (x/255 - 0.5) / 0.5; mean_std: "
+            "CIFAR-10's channel statistics.", choices=("reference", "mean_std"),
+            flag="normalization"),
+    Setting("augment.crop_padding", 0, "Random crops after reflect padding by N pixels.",
+            valid=">= 0"),
     Setting("augment.flip", False, "Random horizontal flips."),
-    Setting("augment.alternating_flip", False, "With --augment_flip: each example's flip is a "
-            "coin drawn once (seed, example) and inverted every epoch, so it is mirrored in exactly "
-            "one of any two consecutive epochs."),
-    Setting("augment.cutout", 0, "Cutout square side in pixels; 0 = off."),
+    Setting("augment.alternating_flip", False, "With --augment_flip: each example's flip is "
+            "drawn once and inverted every epoch (mirrored in one of any two epochs)."),
     # Data: exactly one source.
-    Setting("data.dataset", None, "tfds dataset name (default cifar10 when no other source is "
-            "given).", kind=str, flag="dataset"),
-    Setting("data.data_dir", None, "tfds data directory (default: tfds's own, or $TFDS_DATA_DIR).",
+    Setting("data.dataset", None, "tfds dataset (cifar10 when no other source is given).",
+            kind=str, flag="dataset"),
+    Setting("data.data_dir", None, "tfds data directory (default: tfds's, or $TFDS_DATA_DIR).",
             kind=str, flag="data_dir"),
-    Setting("data.image_folder", None, "Offline source: PATH/<split>/<class>/*.png|jpg.", kind=str,
-            flag="image_folder"),
+    Setting("data.image_folder", None, "Offline source: PATH/<split>/<class>/*.png|jpg.",
+            kind=str, flag="image_folder"),
     Setting("data.cifar_archive", None, "Offline source: cifar-10-python.tar.gz or "
             "cifar-10-batches-py/.", kind=str, flag="cifar_archive"),
-    Setting("data.synthetic", False, "Deterministic learnable synthetic data (tests, benchmarks).",
-            flag="synthetic"),
-    Setting("data.synthetic_size", 1024, "Training examples of --synthetic (eval: a fifth).",
-            flag="synthetic_size"),
-    Setting("data.image_size", None, "Resize image-folder images to NxN (synthetic: their size).",
-            kind=int, flag="image_size"),
+    Setting("data.synthetic", False, "Deterministic learnable synthetic data (tests, smoke "
+            "runs).", flag="synthetic"),
+    Setting("data.synthetic_size", 1024, "Training examples of --synthetic (a fifth as many "
+            "test examples).", valid=">= 1", flag="synthetic_size"),
     Setting("data.train_split", None, "Training split in tfds syntax, e.g. train[:45000].",
             kind=str, flag="train_split"),
     Setting("data.eval_split", None, "Evaluation split, e.g. test or train[45000:].", kind=str,
@@ -141,8 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+SETTING = {setting.path: setting for setting in SETTINGS}
+
+
 def get_config() -> ml_collections.ConfigDict:
-  """Every setting at its default; ``config.model`` empty (a recipe file fills it)."""
+  """Every setting at its default; ``config.model`` empty (a recipe fills it)."""
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict()
   for setting in SETTINGS:
@@ -154,26 +180,4 @@ def get_config() -> ml_collections.ConfigDict:
       parent = parent[group]
     parent[name] = (config_dict.placeholder(setting.value_type) if setting.default is None
                     else setting.default)
-  return config
-
-
-def for_model(model_name: str, preset: str = "seed") -> ml_collections.ConfigDict:
-  """The defaults with ``config.model`` set to ``model_name``'s named architecture ``preset``."""
-  from jax_attn import models  # pylint: disable=g-import-not-at-top  (models import jax)
-  config = get_config()
-  config.model_name, config.preset = model_name, preset
-  config.model = models.hyperparameters(model_name, preset)
-  return config
-
-
-def pick(recipes: dict, model_name: str, recipe: str) -> ml_collections.ConfigDict:
-  """``recipes[recipe]()``; a ValueError naming the choices otherwise. An alias (``tuned``) is
-  named after the recipe it stands for (``tuned_v2``), so that a run's config.json says which
-  recipe ran even after the alias moves on."""
-  if recipe not in recipes:
-    raise ValueError(f"--recipe={recipe} is unknown for {model_name}: use one of "
-                     f"{', '.join(recipes)}")
-  make = recipes[recipe]
-  config = make()
-  config.recipe = make.__name__ if recipes.get(make.__name__) is make else recipe
   return config

@@ -41,8 +41,8 @@ class CifarArchiveSource(Source):
     self._members = self._read_members()
 
   @classmethod
-  def from_config(cls, config: Any, num_classes: int) -> "CifarArchiveSource":
-    return cls(config.cifar_archive)
+  def from_config(cls, config: Any) -> "CifarArchiveSource":
+    return cls(config.data.cifar_archive)
 
   def _read_members(self) -> dict[str, bytes]:
     wanted = {"batches.meta", *sum(self._SPLIT_FILES.values(), [])}

@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
-def _decode(path: Path, image_size: int | None) -> np.ndarray:
+def decode(path: Path, image_size: int | None) -> np.ndarray:
   try:
     with Image.open(path) as image:
       image.load()
@@ -53,9 +53,9 @@ def _decode_all(paths: list[Path], image_size: int | None) -> list[np.ndarray]:
   except _DECODE_ERRORS:
     pixels = 0  # _decode reports the file
   if pixels <= SERIAL_DECODE_MAX_PIXELS:
-    return [_decode(path, image_size) for path in paths]
+    return [decode(path, image_size) for path in paths]
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-    return list(pool.map(lambda path: _decode(path, image_size), paths, chunksize=64))
+    return list(pool.map(lambda path: decode(path, image_size), paths, chunksize=64))
 
 
 class ImageFolderSource(Source):
@@ -72,8 +72,8 @@ class ImageFolderSource(Source):
       raise DataError(f"--image_folder={root} does not exist or is not a directory")
 
   @classmethod
-  def from_config(cls, config: Any, num_classes: int) -> "ImageFolderSource":
-    return cls(config.image_folder, config.image_size)
+  def from_config(cls, config: Any) -> "ImageFolderSource":
+    return cls(config.data.image_folder, config.image_size)
 
   def splits(self) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in self.root.iterdir() if p.is_dir()))

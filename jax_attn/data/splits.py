@@ -57,8 +57,8 @@ class Source:
   description = "data"
 
   @classmethod
-  def from_config(cls, config: Any, num_classes: int) -> "Source":
-    """The source the data settings (any object with their attributes) describe."""
+  def from_config(cls, config: Any) -> "Source":
+    """The source a run's config (its ``data`` settings, ``image_size``, ...) describes."""
     raise NotImplementedError
 
   def splits(self) -> tuple[str, ...]:

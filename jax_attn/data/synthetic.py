@@ -25,8 +25,8 @@ class SyntheticSource(Source):
     self.size, self.image_size, self.num_classes = size, image_size, num_classes
 
   @classmethod
-  def from_config(cls, config: Any, num_classes: int) -> "SyntheticSource":
-    return cls(config.synthetic_size, config.image_size or 32, num_classes)
+  def from_config(cls, config: Any) -> "SyntheticSource":
+    return cls(config.data.synthetic_size, config.image_size or 32, config.num_classes)
 
   def splits(self) -> tuple[str, ...]:
     return ("train", "test")

@@ -38,8 +38,8 @@ class TfdsSource(Source):
     self._builder = None
 
   @classmethod
-  def from_config(cls, config: Any, num_classes: int) -> "TfdsSource":
-    return cls(config.dataset or "cifar10", config.data_dir)
+  def from_config(cls, config: Any) -> "TfdsSource":
+    return cls(config.data.dataset or "cifar10", config.data.data_dir)
 
   def _tfds_builder(self):
     if self._builder is None:

@@ -1,14 +1,13 @@
-"""Writes ``tests/data/model_reference.npz``: what every model preset computes, for
-``tests/test_model_equivalence.py``.
+"""Writes ``tests/data/model_reference.npz``: what every model of the shipped recipes (and a few
+variants no recipe takes) computes, for ``tests/test_model_equivalence.py``.
 
-Generated at commit b9af73b, before the layers moved into ``jax_attn/layers.py``;
-rerunning it on later code must give the same file (``--check`` compares without
-writing). Per case (a model, a preset and maybe a few overrides; the resolved
-hyper-parameters are stored, so later edits to ``models.PRESETS`` do not move the
-reference): the parameter tree's paths and shapes, per-leaf sums, sums of squares and
-first values; eval logits; train-mode logits (fixed dropout key, batch statistics
-updated where there is BatchNorm); per-leaf sums of the gradient of a fixed weighted
-sum of the train logits; and the attention weights sown in ``intermediates``.
+Per case (a model family, its hyper-parameters and an image size; the resolved
+hyper-parameters are stored, so later edits to the recipes do not move the reference): the
+parameter tree's paths and shapes, per-leaf sums, sums of squares and first values; eval
+logits; train-mode logits (fixed dropout key, batch statistics updated where there is
+BatchNorm); per-leaf sums of the gradient of a fixed weighted sum of the train logits; and the
+attention weights sown in ``intermediates``. Rerunning it on later code must give the same
+file (``--check`` compares without writing).
 
 Run from the repository root: ``python3 tests/data/make_model_reference.py [--check]``.
 """
@@ -26,41 +25,53 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jax_attn import models  # noqa: E402
+from jax_attn import configs, models  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_reference.npz")
 BATCH = 2
 HEAD = 4  # first values of each parameter leaf kept verbatim
+TINY = {"sa_cnn": {"widths": (8, 16), "convs_per_stage": (1, 1), "attention_stages": (0, 1)},
+        "vit": {"patch_size": 4, "hidden_dim": 16, "num_heads": 2, "mlp_dim": 32, "depth": 1}}
 
-# name: (model, preset, overrides, image size): every preset, at the smallest image size
-# that exercises all of its layers (compiling is most of the cost), plus paths no preset takes.
+
+def _recipe(model: str, recipe: str) -> dict:
+  return dict(configs.get_recipe(model, recipe).model)
+
+
+# name: (model, hyper-parameters, image size): every shipped recipe's network at the smallest
+# image size that exercises all of its layers (compiling is most of the cost), plus paths no
+# recipe takes.
 CASES = {
-    "sa_cnn/seed": ("sa_cnn", "seed", {}, 16),
-    "sa_cnn/tiny": ("sa_cnn", "tiny", {}, 16),
-    "sa_cnn/tuned": ("sa_cnn", "tuned", {}, 16),
-    "sa_cnn/tiny_residual_bn": ("sa_cnn", "tiny", {"convs_per_stage": 2, "residual": True,
-                                                   "norm": "batch", "pool_stages": (0,)}, 16),
-    "vit/seed": ("vit", "seed", {}, 32),
-    "vit/tiny": ("vit", "tiny", {}, 16),
-    "vit/tuned": ("vit", "tuned", {}, 16),
-    "vit/tuned_conv": ("vit", "tuned_conv", {}, 16),
-    "vit/tiny_dropouts_pre_mean": ("vit", "tiny", {
-        "depth": 2, "dropout_rate": 0.2, "attention_dropout_rate": 0.2, "norm_position": "pre",
-        "pooling": "mean"}, 16),
+    "sa_cnn/notebook": ("sa_cnn", {}, 16),
+    "sa_cnn/tiny": ("sa_cnn", TINY["sa_cnn"], 16),
+    "sa_cnn/airbench": ("sa_cnn", _recipe("sa_cnn", "airbench"), 16),
+    "sa_cnn/bn_gap_dense": ("sa_cnn", {
+        "widths": (40, 80, 160), "convs_per_stage": (2, 2, 2), "pool_stages": (0, 1, 2),
+        "attention_stages": (0, 1), "norm": "batch", "head": "gap_dense",
+        "attention_scale": "inv_sqrt_dim"}, 16),
+    "sa_cnn/tiny_residual_bn": ("sa_cnn", {**TINY["sa_cnn"], "convs_per_stage": (2, 2),
+                                           "residual": True, "norm": "batch",
+                                           "pool_stages": (0,)}, 16),
+    "vit/notebook": ("vit", {}, 32),
+    "vit/tiny": ("vit", TINY["vit"], 16),
+    "vit/conv_tokens": ("vit", _recipe("vit", "conv_tokens"), 16),
+    "vit/cct": ("vit", {**_recipe("vit", "conv_tokens"), "tokenizer": "cct", "local_kernel": 3,
+                        "pooling": "class"}, 16),
+    "vit/tiny_dropout_pre_class_seq": ("vit", {**TINY["vit"], "depth": 2, "dropout_rate": 0.2,
+                                               "norm_position": "pre", "pooling": "class_seq"},
+                                       16),
 }
 
 
 def build(case: str) -> tuple[object, dict, int]:
-  """The model of ``case``, its resolved hyper-parameters and its image size."""
-  name, preset, overrides, size = CASES[case]
-  config = models.model_config(name, preset, **overrides)
-  return models.MODEL_CLASSES[name](**config), config, size
+  """The model of ``case``, its hyper-parameters and its image size."""
+  name, fields, size = CASES[case]
+  return models.get_model(name, **fields), fields, size
 
 
 def model_from_config(name: str, config_json: str):
-  """Rebuilds a stored case's model from its JSON hyper-parameters (lists back to tuples)."""
-  config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config_json).items()}
-  return models.MODEL_CLASSES[name](**config)
+  """Rebuilds a stored case's model from its JSON hyper-parameters."""
+  return models.get_model(name, **json.loads(config_json))
 
 
 def _leaves(tree) -> tuple[list[str], list[np.ndarray]]:
@@ -110,7 +121,7 @@ def reference() -> dict[str, np.ndarray]:
   arrays = {}
   for case in CASES:
     model, config, size = build(case)
-    arrays[f"{case}/config"] = np.array(json.dumps(config, sort_keys=True))
+    arrays[f"{case}/config"] = np.array(json.dumps(config, sort_keys=True, default=list))
     arrays[f"{case}/size"] = np.array(size)
     for key, value in compute(model, size).items():
       arrays[f"{case}/{key}"] = value
