@@ -11,8 +11,10 @@ which checkpoint answered. Bad input: one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,15 +25,21 @@ from jax_attn import attention_maps, configs, inference
 from jax_attn.data.image_folder import decode
 from jax_attn.errors import UserError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run of python -m jax_attn.main.")
-_TOP_K = flags.DEFINE_integer("top_k", 3, "Classes to print per image.")
-_ATTENTION_MAP = flags.DEFINE_string(
-    "attention_map", None, "Draw the attention over each image to this PNG (several images: "
-    "OUT_0.png, OUT_1.png, ... in argument order).")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object per image instead of text.")
-_FLIP = flags.DEFINE_bool("flip", None, "Test-time flip on (with the run's translated views) "
-                          "or off (--noflip: the plain image alone); default: as the run "
-                          "evaluated.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """Defines predict's flags in ``flag_values`` (importing this module defines none)."""
+  fv = {"flag_values": flag_values}
+  return types.SimpleNamespace(
+      workdir=flags.DEFINE_string("workdir", None, "Workdir of a run of python -m jax_attn.main.",
+                                  **fv),
+      top_k=flags.DEFINE_integer("top_k", 3, "Classes to print per image.", **fv),
+      attention_map=flags.DEFINE_string(
+          "attention_map", None, "Draw the attention over each image to this PNG (several "
+          "images: OUT_0.png, OUT_1.png, ... in argument order).", **fv),
+      json=flags.DEFINE_bool("json", False, "Print one JSON object per image instead of text.",
+                             **fv),
+      flip=flags.DEFINE_bool("flip", None, "Test-time flip on (with the run's translated views) "
+                             "or off (--noflip: the plain image alone); default: as the run "
+                             "evaluated.", **fv))
 
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
@@ -96,22 +104,26 @@ def format_line(result: dict[str, Any]) -> str:
       f"{c['class']} {100 * c['probability']:.1f} %" for c in result["top_k"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], cli: types.SimpleNamespace) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
-    if not _WORKDIR.value:
+    if not cli.workdir.value:
       raise UserError("give the run to use: --workdir=RUN (a directory written by "
                       "python -m jax_attn.main)")
-    results = predict(_WORKDIR.value, argv[1:], _TOP_K.value, _FLIP.value, _ATTENTION_MAP.value,
-                      log=lambda line: print(line, file=sys.stderr))
+    results = predict(cli.workdir.value, argv[1:], cli.top_k.value, cli.flip.value,
+                      cli.attention_map.value, log=lambda line: print(line, file=sys.stderr))
   except UserError as e:
     sys.stderr.write(f"jax_attn.predict: error: {e}\n")
     sys.exit(2)
   for result in results:
-    print(json.dumps(result) if _JSON.value else format_line(result))
-    if "attention_map" in result and not _JSON.value:
+    print(json.dumps(result) if cli.json.value else format_line(result))
+    if "attention_map" in result and not cli.json.value:
       print(f"wrote {result['attention_map']}", file=sys.stderr)
 
 
+def run() -> None:
+  app.run(functools.partial(main, cli=define_flags()))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,4 +1,6 @@
 """The einsum attention core and both attention layers."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -149,10 +151,68 @@ def test_chunked_core_handles_a_batch_that_chunks_do_not_divide():
                              rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_impl_sows_nothing():
+@pytest.mark.parametrize("impl", ["chunked", "flash"])  # flash off GPUs: the chunked core
+def test_chunked_impl_sows_nothing(impl):
   layer = SelfAttention2D()
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16))
   variables = layer.init(jax.random.key(1), x)
-  with implementation("chunked"):
+  with implementation(impl):
     out, state = layer.apply(variables, x, mutable=["intermediates"])
   assert out.shape == x.shape and not state.get("intermediates")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: einsum_attention(jnp.ones((2, 5, 1, 4)), jnp.ones((2, 5, 1, 3)),
+                              jnp.ones((2, 5, 1, 3)), scale=1.0), "4 != 3"),  # q/k widths
+    (lambda: einsum_attention(jnp.ones((2, 5, 1, 4)), jnp.ones((3, 5, 1, 4)),
+                              jnp.ones((3, 5, 1, 4)), scale=1.0), "shape prefix"),  # batches
+    (lambda: einsum_attention(jnp.ones((2, 5, 1, 4)), jnp.ones((2, 6, 1, 4)),
+                              jnp.ones((2, 5, 1, 4)), scale=1.0), "shapes"),  # keys vs values
+    (lambda: SelfAttention2D().init(jax.random.key(0), jnp.ones((4, 4, 16))), "rank"),
+    (lambda: MultiHeadSelfAttention(2).init(jax.random.key(0), jnp.ones((4, 16))), "rank"),
+])
+def test_the_shape_assertions_fire(call, message):
+  """chex's checks of the core's and the layers' inputs."""
+  with pytest.raises(AssertionError, match=message):
+    call()
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (SelfAttention2D(), (2, 6, 6, 80)),  # value wider than the keys: split into 64-wide heads
+    (MultiHeadSelfAttention(num_heads=2), (2, 17, 16))])
+def test_flash_path_of_the_layers_gives_the_einsum_layers_output(monkeypatch, layer, shape):
+  """The layers' flash wiring (head split, padding, class-token queries) through the kernel's
+  interpreter, as a GPU runs it: the einsum layer's values and gradients."""
+  from jax_attn.models import attention
+  calls = []
+  kernel = attention.flash_attention
+  monkeypatch.setattr(attention, "flash_kernel_available", lambda: True)
+  monkeypatch.setattr(attention, "flash_attention", lambda *a, **k: calls.append(1) or kernel(
+      *a, **k, interpret=True))
+  x = jax.random.normal(jax.random.key(0), shape)
+  variables = layer.init(jax.random.key(1), x)
+  if "gamma" in variables["params"]:
+    variables = {"params": {**variables["params"], "gamma": jnp.float32(0.5)}}
+
+  def loss(impl, v, x):
+    with implementation(impl):
+      return jnp.sum(jnp.sin(layer.apply(v, x)))
+
+  np.testing.assert_allclose(loss("flash", variables, x), loss("einsum", variables, x), rtol=1e-4)
+  assert calls  # the kernel ran, not the chunked core
+  got = jax.grad(functools.partial(loss, "flash"), argnums=(0, 1))(variables, x)
+  expected = jax.grad(functools.partial(loss, "einsum"), argnums=(0, 1))(variables, x)
+  chex.assert_trees_all_close(got, expected, rtol=1e-3, atol=1e-4)
+  if isinstance(layer, MultiHeadSelfAttention):  # the last block's query: the class token
+    with implementation("flash"):
+      one = layer.apply(variables, x[:, :1], x)
+    np.testing.assert_allclose(one, layer.apply(variables, x)[:, :1], rtol=1e-4, atol=1e-5)
+
+
+def test_flash_kernel_runs_in_its_interpreter_off_gpus_and_wants_no_more_queries_than_keys():
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 5, 1, 8)) for i in range(3))
+  np.testing.assert_allclose(flash_attention(q, k, v, scale=0.5),
+                             einsum_attention(q, k, v, scale=0.5)[0], rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError) as e:
+    flash_attention(jnp.ones((1, 6, 1, 8)), k, v, scale=0.5)
+  assert str(e.value) == "flash attention takes at most as many queries as keys: 6 > 5"

@@ -49,6 +49,7 @@ def test_table_names_the_torch_device():
   np.testing.assert_equal(len(lines), 2)
 
 
+@pytest.mark.slow
 def test_bench_races_eager_and_compiled_torch_with_steps_per_call():
   """The whole benchmark on a tiny model: JAX side (K=2 steps per call), FLOP count, and the
   ratios against eager PyTorch and torch.compile, measured in the same run."""
@@ -65,11 +66,27 @@ def test_bench_races_eager_and_compiled_torch_with_steps_per_call():
   (row,) = json.loads(result.stdout[result.stdout.index("["):])
   assert row["steps_per_call"] == 2 and row["gflops_per_image"] > 0
   assert "torch_compile_error" not in row, row
-  for suffix, rival in (("", "torch"), ("_compile", "torch_compile")):
-    expected = row[f"{rival}_train_step_ms"] / row["train_step_ms"]
-    assert row[f"speedup_train{suffix}"] == pytest.approx(expected)
+  assert row["torch_train_step_ms"] > 0 and row["torch_compile_train_step_ms"] > 0
+  assert row["speedup_train"] > 0 and row["speedup_train_compile"] > 0
 
 
+def test_race_takes_turns_and_reports_each_sides_median():
+  """The sides alternate round by round after a warm-up, and each gets its own median: a
+  speed-up from them is a ratio of one run's medians."""
+  calls, times = [], {"jax": iter([9, 9, 1, 2, 3, 4]), "torch": iter([9, 9, 5, 7, 6, 20])}
+
+  def timer(name):
+    def time_steps(n):
+      calls.append((name, n))
+      return [next(times[name]) for _ in range(n)]
+    return time_steps
+
+  medians = bench.race({"jax": timer("jax"), "torch": timer("torch")}, steps=4, rounds=2)
+  assert calls == [("jax", 2), ("torch", 2), ("jax", 2), ("torch", 2), ("jax", 2), ("torch", 2)]
+  assert medians == {"jax": 2.5, "torch": 6.5}  # the warm-up's 9s left out
+
+
+@pytest.mark.slow
 def test_bench_refuses_an_unknown_rival():
   import subprocess
   import sys

@@ -49,6 +49,7 @@ def test_bfloat16_train_step_convolves_and_multiplies_in_bf16(name):
   assert all(types == {"f32"} for types, _ in float32)  # the check can tell the two apart
 
 
+@pytest.mark.slow
 def test_bfloat16_sa_cnn_run_stays_finite_and_follows_float32(main_cli, tmp_path):
   losses = {}
   for dtype in ("bfloat16", "float32"):

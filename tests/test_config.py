@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from absl import flags
 
-from jax_attn import configs, models
+from jax_attn import configs, main, models
 from jax_attn.configs import default, sa_cnn, vit
 from jax_attn.errors import UserError
 from jax_attn.tools import comparisons, report
 
-from conftest import TINY, tiny
+from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -27,7 +28,7 @@ def test_every_packaged_recipe_is_complete_and_valid(model, module):
     assert config.model_name == model
     assert config.recipe == module.ALIASES.get(name, name)  # an alias records what it names
     for setting in default.SETTINGS:  # every schema setting, and exactly the module's fields
-      configs.get_value(config, setting.path)
+      config[setting.path]
     assert set(config.model) == set(models.hyperparameters(model))
   assert module.ALIASES["seed"] == "notebook" and module.ALIASES["tuned"] in module.RECIPES
 
@@ -92,6 +93,7 @@ def test_every_recorded_config_json_reads_and_names_a_recipe_that_reproduces_it(
     assert _settings(config) == _settings(recipe), path
 
 
+@pytest.mark.slow
 def test_recorded_recipes_run_as_config_files(main_cli, tmp_path):
   out = main_cli([f"--config={RECIPES / 'vit.py'}:conv_tokens_local3", *TINY,
                   "--config.model.stem_widths=(8,)", "--config.model.hidden_dim=16",
@@ -128,21 +130,80 @@ def test_overrides_are_type_checked_and_validated():
     configs.get_recipe("resnet")
 
 
-@pytest.mark.parametrize("value, message", [
-    (0, "must be at least 1"), (-1.0, "must be positive"), (1.5, "must be in [0, 1)")])
-def test_each_range_form_is_checked(value, message):
-  setting = {"must be at least 1": default.SETTING["epochs"],
-             "must be positive": default.SETTING["learning_rate"],
-             "must be in [0, 1)": default.SETTING["label_smoothing"]}[message]
-  assert setting.problem(value) == message
-  assert setting.problem(setting.default) is None
+@pytest.mark.parametrize("valid, allowed, refused, message", [
+    ("> 0", [1e-9, 5], [0, -1], "must be positive"),
+    ("> 2", [2.5], [2], "must be greater than 2"),
+    (">= 1", [1, 7], [0.99], "must be at least 1"),
+    (">= 0", [0], [-1e-9], "must be at least 0"),
+    ("[0, 1)", [0, 0.5], [1, -0.1], "must be in [0, 1)"),
+    ("[0, 1]", [0, 1], [1.01, -0.1], "must be in [0, 1]"),
+    ("(0, 1]", [1e-9, 1], [0, 2], "must be in (0, 1]"),
+    ("(0, 1)", [0.5], [0, 1], "must be in (0, 1)"),
+])
+def test_each_range_form_allows_its_bounds_and_refuses_past_them(valid, allowed, refused,
+                                                                 message):
+  setting = default.Setting("x", 1, "X.", valid=valid)
+  assert [setting.problem(v) for v in allowed] == [None] * len(allowed)
+  assert [setting.problem(v) for v in refused] == [message] * len(refused)
+  assert default.Setting("x", "a", "X.", choices=("a", "b")).problem("c") == (
+      "is unknown: use one of a, b")
+  assert setting.problem(None) is None  # unset: the data's own
+
+
+def test_every_schema_range_is_a_form_the_checker_reads():
+  for setting in default.SETTINGS:
+    if setting.valid:
+      assert setting.problem(-1e9) and setting.problem(setting.default) is None, setting
+
+
+def test_set_value_errors_name_the_setting_and_the_reason():
+  config = configs.get_recipe("vit")
+  configs.set_value(config, "model.stem_widths", [32, 64])
+  assert config.model.stem_widths == (32, 64)  # lists (JSON, flags) become tuples
+  with pytest.raises(UserError) as e:
+    configs.set_value(config, "model.depht", 2)
+  assert str(e.value) == "--config.model.depht=2 cannot be set: the config has no setting model.depht"
+  with pytest.raises(UserError) as e:
+    configs.set_value(config, "epochs", "many", source="--epochs")
+  assert str(e.value).startswith("--epochs='many' cannot be set: Could not override field "
+                                 "'epochs'"), str(e.value)
+  with pytest.raises(UserError) as e:
+    configs.from_json({"model_name": "vit", "model": {"depth": "deep"}})
+  assert str(e.value).startswith("config.json model.depth='deep' cannot be set: "), str(e.value)
+
+
+def test_validate_names_an_unknown_family_or_hyper_parameter():
+  config = configs.from_json({"model_name": "resnet"})
+  with pytest.raises(UserError) as e:
+    configs.validate(config)
+  assert str(e.value) == "--model=resnet is unknown: use one of sa_cnn, vit"
+  config = configs.get_recipe("sa_cnn")
+  config.model.zeta, config.model.alpha = 1, 2
+  with pytest.raises(UserError) as e:
+    configs.validate(config)
+  assert str(e.value) == ("config.model.alpha: sa_cnn has no hyper-parameter alpha; it has "
+                          + ", ".join(models.hyperparameters("sa_cnn")))
+
+
+def test_banner_names_the_recipe_and_what_differs_from_it():
+  config = configs.get_recipe("vit", "conv_tokens")
+  assert configs.describe(config) == "vit/conv_tokens"
+  config.model.depth, config.model.num_heads = 2, 2
+  assert configs.describe(config) == "vit/conv_tokens (depth=2, num_heads=2)"
+  config.recipe = "my_own"
+  assert configs.describe(config) == "vit/my_own"
+
+
+def test_config_json_lists_its_settings_in_sorted_order():
+  config = configs.get_recipe("sa_cnn")
+  as_json = configs.to_json(config)
+  assert list(as_json) == sorted(as_json) and list(as_json["model"]) == sorted(as_json["model"])
 
 
 def test_every_setting_flag_is_defined_and_documented():
   """Adding a setting = one Setting in configs/default.py plus its README row."""
-  defined = subprocess.run(  # a fresh process: other modules define flags of the same names
-      [sys.executable, "-c", "import jax_attn.main; from absl import flags; print(*flags.FLAGS)"],
-      capture_output=True, text=True, check=True).stdout.split()
+  defined = flags.FlagValues()
+  main.define_flags(defined, ["main"])
   readme = (ROOT / "README.md").read_text()
   for setting in default.SETTINGS:
     if setting.flag_name:
@@ -151,6 +212,7 @@ def test_every_setting_flag_is_defined_and_documented():
           f"README documents no --{setting.flag_name}")
 
 
+@pytest.mark.slow
 def test_help_shows_each_flags_default():
   out = subprocess.run([sys.executable, "-m", "jax_attn.main", "--helpshort"],
                        capture_output=True, text=True).stdout
@@ -163,22 +225,15 @@ def test_shorthand_becomes_the_packaged_file():
   assert argv[1] == f"--config={configs.packaged_path('vit', 'tuned')}" and argv[2:] == [
       "--model=vit", "--recipe", "tuned", "--epochs=2"]
   assert configs.with_packaged_config(["main"])[1] == f"--config={configs.packaged_path('sa_cnn', 'notebook')}"
+  assert configs.with_packaged_config(["main", "--recipe=a=b", "--model", "vit"])[1] == (
+      f"--config={configs.packaged_path('vit', 'a=b')}")  # main then names the recipes
+  assert configs.with_packaged_config(["main", "--recipe=tuned", "--model"])[1] == (
+      f"--config={configs.packaged_path('sa_cnn', 'tuned')}")  # absl then asks for a value
   explicit = ["main", "--config=my.py:x", "--config.epochs=3"]
   assert configs.with_packaged_config(explicit) == explicit
 
 
-def test_a_flag_wins_over_config_which_wins_over_the_recipe(main_cli, tmp_path):
-  """Precedence, highest first: --flag, --config.PATH, the recipe (tiny: 2 epochs...)."""
-  out = main_cli([*tiny("vit"), "--config.epochs=1", "--config.learning_rate=0.02",
-                  "--learning_rate=0.03", "--config.augment.flip=True", "--noaugment_flip",
-                  "--max_steps=1", f"--workdir={tmp_path}"])
-  written = json.loads((tmp_path / "config.json").read_text())
-  assert written["epochs"] == 1  # --config.epochs over the recipe's 10
-  assert written["learning_rate"] == 0.03  # --learning_rate over --config.learning_rate
-  assert written["augment"]["flip"] is False  # --noaugment_flip over --config.augment.flip
-  assert "vit/tiny" in out.stdout
-
-
+@pytest.mark.slow
 def test_user_recipe_file_with_overrides_and_flags(main_cli, tmp_path):
   """A recipe of one's own, outside the package, with --config.* overrides and flags."""
   recipe = tmp_path / "my_recipe.py"

@@ -232,6 +232,7 @@ def test_tfds_without_network_names_offline_sources(monkeypatch):
   assert "\n" not in message and "--image_folder" in message and "--cifar_archive" in message
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason="../shared/data/cifar10-jpeg not present")
 def test_real_cifar10_jpeg_tree():
   train = data.ImageFolderSource(str(SHARED_TRAIN)).load("train")

@@ -23,6 +23,8 @@ from jax_attn.models import attention
 from jax_attn.train.state import create_state
 from jax_attn.train.steps import make_train_body
 
+pytestmark = pytest.mark.slow  # full-size networks, compiled
+
 _TENSOR = re.compile(r"tensor<((?:\d+x)+)\w+>")
 _KERNELS = ("mha_forward", "mha_preprocess_backward", "mha_backward")
 # (model, recipe): positions N at 32 px (conv_tokens: 7x7 tokens and the class token)

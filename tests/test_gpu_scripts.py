@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts processes or trains
+
 REPO = Path(__file__).resolve().parents[1]
 
 

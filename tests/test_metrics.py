@@ -12,9 +12,9 @@ event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.ev
 from jax_attn.train.metrics import MetricsWriter, TrainMeter  # noqa: E402
 
 
-def _record(step, epoch, loss, eval_accuracy=None, **extra):
+def _record(step, epoch, loss, eval_accuracy=None, kind="window", **extra):
   """A record as the trainer writes it: eval values None except on evaluated epoch ends."""
-  return {"step": step, "epoch": epoch, "train_loss": loss, "train_accuracy": 0.5,
+  return {"kind": kind, "step": step, "epoch": epoch, "train_loss": loss, "train_accuracy": 0.5,
           "eval_loss": None if eval_accuracy is None else 1.5, "eval_accuracy": eval_accuracy,
           "learning_rate": 0.01 * step, "images_per_sec": 1000.0 + step, "wall_s": 0.1 * step,
           **extra}
@@ -23,8 +23,9 @@ def _record(step, epoch, loss, eval_accuracy=None, **extra):
 # An epoch is 10 steps, logged every 5: at step 10 the window record, then the epoch's closing
 # record (epoch means, eval) at the same step.
 RECORDS = [_record(5, 1, 2.0), _record(10, 1, 1.8),
-           _record(10, 1, 1.9, eval_accuracy=0.4, eval_accuracy_no_flip=0.38),
-           _record(15, 2, 1.6), _record(20, 2, 1.4), _record(20, 2, 1.5)]  # no eval at epoch 2
+           _record(10, 1, 1.9, eval_accuracy=0.4, eval_accuracy_no_flip=0.38, kind="epoch"),
+           _record(15, 2, 1.6), _record(20, 2, 1.4),
+           _record(20, 2, 1.5, kind="epoch")]  # no eval at epoch 2
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +79,7 @@ def test_event_file_holds_the_records_scalars(tmp_path):
 def test_resume_hides_the_points_past_the_resumed_step(tmp_path):
   _write(tmp_path, RECORDS)
   # Resumed from the checkpoint at step 10: steps 15 and 20 are trained again.
-  _write(tmp_path, [_record(15, 2, 1.0), _record(20, 2, 0.9), _record(20, 2, 0.95)],
+  _write(tmp_path, [_record(15, 2, 1.0), _record(20, 2, 0.9), _record(20, 2, 0.95, kind="epoch")],
          resume_step=10)
   assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
   scalars = _scalars(tmp_path)
@@ -133,3 +134,31 @@ def test_train_meter_means_and_checkpointed_totals(tmp_path):
   first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
   assert (first["train_loss"], first["train_accuracy"], first["images_per_sec"]) == (2.0, 0.5, 4.0)
   assert first["learning_rate"] == pytest.approx(0.1)
+
+
+def test_a_run_stopped_inside_an_epoch_and_resumed_drops_its_end_record(tmp_path):
+  """--max_steps=15 ends inside epoch 2 with an ``end`` record (its evaluation); a rerun goes on
+  from the checkpoint at 15, where that record no longer holds."""
+  _write(tmp_path, RECORDS[:4] + [_record(15, 2, 1.55, eval_accuracy=0.45, kind="end")])
+  assert _scalars(tmp_path)["eval/accuracy"] == [(10, pytest.approx(0.4)), (15, pytest.approx(0.45))]
+  _write(tmp_path, [_record(20, 2, 1.4), _record(20, 2, 1.5, kind="epoch")], resume_step=15)
+  kinds = [(r["step"], r["kind"]) for r in map(json.loads, (tmp_path / "metrics.jsonl")
+                                                .read_text().splitlines())]
+  assert kinds == [(5, "window"), (10, "window"), (10, "epoch"), (15, "window"), (20, "window"),
+                   (20, "epoch")]
+
+
+def test_throughput_and_eta_leave_out_the_steps_that_compiled(tmp_path, capsys):
+  """The first window's 3 steps: one compiled (not timed), two took 2 s: 2 x 4 images / 2 s."""
+  writer = MetricsWriter(tmp_path)
+  writer.start_progress(13, 0)
+  meter = TrainMeter(writer, lambda step: 0.1, batch_size=4, end_step=13)
+  meter.window([{"loss": 1.0, "accuracy": 0.5}] * 3, 3, 0, 2.0, compiled=1)
+  meter.window([{"loss": 1.0, "accuracy": 0.5}] * 2, 5, 0, 4.0)
+  writer.close()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["images_per_sec"] for r in records] == [4.0, 2.0]
+  assert meter.images_per_sec == pytest.approx(16 / 6.0) and meter.train_wall == 6.0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].endswith("4 img/s  ETA 10s")  # 10 steps of 4 images at the run's 8/2 img/s
+  assert out[1].endswith("2 img/s  ETA 12s")  # 8 steps at 16/6 img/s

@@ -7,8 +7,22 @@ The reference is ``tests/data/model_reference.npz``, written by
 import importlib.util
 import pathlib
 
+import jax
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow  # full-size networks, compiled
+
+
+@pytest.fixture(autouse=True, scope="module")
+def optimized():
+  """The reference was computed with XLA's default (optimised) code generation, which the
+  conftest turns off: a few of its gradients grow to 1e39 and keep only the same rounding."""
+  jax.clear_caches()
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", True)
+  jax.clear_caches()
 
 _GENERATOR = pathlib.Path(__file__).parent / "data" / "make_model_reference.py"
 _spec = importlib.util.spec_from_file_location("make_model_reference", _GENERATOR)

@@ -17,6 +17,8 @@ import pytest
 LAUNCH = str(Path(__file__).resolve().parents[1] / "launch.sh")
 from conftest import TINY_RECIPE
 
+pytestmark = pytest.mark.slow  # starts processes or trains
+
 ARGS = [f"--config={TINY_RECIPE}:vit", "--synthetic", "--image_size=8", "--batch_size=16",
         "--synthetic_size=256", "--max_steps=10", "--config.model.dropout_rate=0.0",
         "--augment_crop_padding=2", "--augment_flip",
@@ -123,10 +125,12 @@ def test_killed_worker_stops_the_launch(tmp_path):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   """Process 1 alone gets SIGTERM; the all-gather at the next log step stops both there, with
-  one checkpoint at that step, and the same launch resumes from it."""
-  args = [a for a in ARGS if not a.startswith("--max_steps")] + [
+  one checkpoint at that step, and the same launch resumes from it to the parameters of a
+  launch that was never stopped."""
+  common = [a for a in ARGS if not a.startswith("--max_steps")] + [
       "--max_steps=120", "--log_every_steps=5", "--checkpoint_every_steps=1000",
-      "--num_cpu_devices=2", "--parallel=shard_map", f"--workdir={tmp_path}"]
+      "--num_cpu_devices=2", "--parallel=shard_map"]
+  args = [*common, f"--workdir={tmp_path / 'stopped'}"]
   launch = _Launch(args)
   pids = launch.wait_for("[p0] step")
   os.kill(pids[1], signal.SIGTERM)
@@ -136,12 +140,18 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert {p for p, _ in stops} == {"0", "1"} and len({s for _, s in stops}) == 1, stops
   step = int(stops[0][1])
   assert step % 5 == 0 and 0 < step < 120
-  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+  checkpoints = tmp_path / "stopped" / "checkpoints"
+  assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [step]
   resumed = _Launch(args)
   resumed.wait_for(f"[p0] resumed from the checkpoint at step {step}")
   code, rest = resumed.finish(seconds=300)
   assert code == 0, rest[-3000:]
-  assert _params(tmp_path, 120)
+  straight = _Launch([*common, f"--workdir={tmp_path / 'straight'}"])
+  code, rest = straight.finish(seconds=300)
+  assert code == 0, rest[-3000:]
+  for a, b in zip(_params(tmp_path / "stopped", 120), _params(tmp_path / "straight", 120),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
 def test_launch_names_an_interpreter_without_jax_attn(tmp_path):

@@ -58,6 +58,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sa_cnn", "vit_airbench", "sa_cnn_bn", "vit_dropout"])
 def test_pmap_and_shard_map_match_single_device(name):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
@@ -90,6 +91,7 @@ def test_cpu_kernels_choose_per_jit_compiler_options():
     configs.get_recipe("sa_cnn", "notebook", cpu_kernels="bogus")
 
 
+@pytest.mark.slow
 def test_ynnpack_and_xla_kernels_train_alike():
   import jax
   import numpy as np

@@ -7,15 +7,17 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from jax_attn import inference
-from jax_attn.data import augment
+import jax_attn
+from jax_attn import configs
 
 from conftest import run_main, tiny
+
+pytestmark = pytest.mark.slow  # starts processes or trains
 
 SIZE = 8  # TINY trains on 8x8 synthetic images
 LINE = re.compile(r"^(?P<image>.+?): (?P<entries>.+)$")
@@ -24,13 +26,14 @@ ENTRY = re.compile(r"^(?P<name>.+) (?P<percent>\d+\.\d) %$")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """{"sa_cnn": workdir, "vit": workdir}; the ViT evaluated with flip TTA (--eval_flip)."""
+  """{"sa_cnn": workdir, "vit": workdir}; the ViT evaluated with flip TTA (--eval_flip) and
+  checkpointed at steps 8, 12 and 16 (the newest answers)."""
   root = tmp_path_factory.mktemp("runs")
   workdirs = {}
   for model in ("sa_cnn", "vit"):
     workdirs[model] = root / model
-    flip = ["--eval_flip"] if model == "vit" else []
-    run_main([*tiny(model), "--epochs=1", *flip, f"--workdir={workdirs[model]}"])
+    extra = ["--eval_flip", "--checkpoint_every_steps=4"] if model == "vit" else []
+    run_main([*tiny(model), "--epochs=1", *extra, f"--workdir={workdirs[model]}"])
   return workdirs
 
 
@@ -51,16 +54,21 @@ def run_predict(*args):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
-def reference_probabilities(workdir, files, flip):
-  """Softmax of the model's own logits on each file resized here with PIL (mean with the
-  mirror image's logits under flip TTA)."""
-  run = inference.load(workdir)
+def reference_probabilities(workdir, files, flip, step=None):
+  """Softmax of the logits of the run's newest checkpoint (or ``step``'s), read here with orbax,
+  on each file resized here with PIL and normalised here as the notebook does; the mean with
+  the mirror image's logits under flip TTA."""
+  config = configs.from_json(json.loads((workdir / "config.json").read_text()))
+  assert config.augment.normalization == "reference" and not config.eval_translate
+  manager = ocp.CheckpointManager(workdir / "checkpoints")
+  params = manager.restore(step or max(manager.all_steps()))["state"]["params"]
+  model = jax_attn.get_model(config)
   images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
                      for f in files])
-  x = augment.normalize(jnp.asarray(images), run.config.augment.normalization)
-  logits = run.model.apply(run.variables, x, train=False)
+  x = (images.astype(np.float32) / 255.0 - 0.5) / 0.5
+  logits = model.apply({"params": params}, x)
   if flip:
-    logits = (logits + run.model.apply(run.variables, x[:, :, ::-1], train=False)) / 2
+    logits = (logits + model.apply({"params": params}, x[:, :, ::-1])) / 2
   return np.asarray(jax.nn.softmax(logits, -1))
 
 
@@ -78,7 +86,8 @@ def test_vit_prints_top_k_like_the_model_with_the_runs_flip_tta(runs, images, tm
   result = run_predict(f"--workdir={runs['vit']}", *images,
                        f"--attention_map={tmp_path / 'att.png'}")
   assert result.returncode == 0, result.stderr
-  assert "test-time views: flip" in result.stderr, result.stderr
+  assert "checkpoint at step 16;" in result.stderr and "test-time views: flip" in result.stderr
+  assert ocp.CheckpointManager(runs["vit"] / "checkpoints").all_steps() == [8, 12, 16]
   lines = result.stdout.splitlines()
   assert len(lines) == len(images)
   expected = reference_probabilities(runs["vit"], images, flip=True)
@@ -93,6 +102,8 @@ def test_vit_prints_top_k_like_the_model_with_the_runs_flip_tta(runs, images, tm
     order = np.argsort(-probabilities)[:3]
     assert [e["name"] for e in entries] == [f"class_{i}" for i in order], line
     np.testing.assert_allclose(percents, 100 * probabilities[order], atol=0.051)
+  older = reference_probabilities(runs["vit"], images, flip=True, step=12)
+  assert np.abs(older - expected).max() > 1e-4  # the newest checkpoint is told apart
   for i in range(len(images)):  # several images: att_0.png, att_1.png, ...
     assert_png(tmp_path / f"att_{i}.png", panels=2 + 2)  # 2 heads, their mean, the rollout
   assert not (tmp_path / "att.png").exists()

@@ -1,4 +1,5 @@
 """The comparison report on two tiny synthetic runs."""
+import pytest
 from PIL import Image
 
 from jax_attn import configs
@@ -7,6 +8,7 @@ from jax_attn.tools import comparisons, report
 from conftest import TINY, tiny
 
 
+@pytest.mark.slow
 def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   runs = []
   for model in ("sa_cnn", "vit"):
@@ -37,6 +39,7 @@ def test_report_lists_runs_and_draws_pngs(main_cli, tmp_path):
   assert vit_row.endswith("| not recorded (incomplete run) |") and "not run" not in vit_row
 
 
+@pytest.mark.slow
 def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_path):
   """An ablation without attention layers is tabled, and its maps are 'not drawn' with why."""
   workdir = tmp_path / "sa_cnn_no_attention"
@@ -53,9 +56,11 @@ def test_report_says_why_a_model_without_attention_has_no_maps(main_cli, tmp_pat
 
 
 def test_loss_curve_leaves_out_the_epoch_means():
-  records = [{"epoch": 1, "step": 4, "train_loss": 2.0}, {"epoch": 1, "step": 8, "train_loss": 1.5},
-             {"epoch": 1, "step": 8, "train_loss": 1.8},  # epoch 1's mean, closing the epoch
-             {"epoch": 2, "step": 12, "train_loss": 1.2}, {"epoch": 2, "step": 16, "train_loss": 1.4}]
+  records = [{"kind": "window", "step": 4, "train_loss": 2.0},
+             {"kind": "window", "step": 8, "train_loss": 1.5},
+             {"kind": "epoch", "step": 8, "train_loss": 1.8},  # epoch 1's mean, closing it
+             {"kind": "window", "step": 12, "train_loss": 1.2},
+             {"kind": "end", "step": 12, "train_loss": 1.2}]
   assert [m["train_loss"] for m in report.loss_windows(records)] == [2.0, 1.5, 1.2]
 
 

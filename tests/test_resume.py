@@ -15,6 +15,8 @@ from jax_attn.errors import UserError
 
 from conftest import NO_COMPILATION_CACHE, TINY_RECIPE
 
+pytestmark = pytest.mark.slow  # starts processes or trains
+
 # Batch norm (running statistics in the checkpoint) and a warm-up + cosine schedule (the
 # position in it restored from the step): the state a resume most easily gets wrong.
 ARGS = [f"--config={TINY_RECIPE}:sa_cnn", "--synthetic", "--image_size=16", "--batch_size=16",

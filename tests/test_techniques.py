@@ -85,11 +85,25 @@ def test_crop_moves_and_flip_mirrors_expected_pixels():
 @pytest.mark.parametrize("flip, shift, expected", [
     (False, 0, [(1.0, 0, False)]),
     (True, 0, [(0.5, 0, False), (0.5, 0, True)]),
+    (False, 2, [(0.5, 0, False), (0.25, 2, False), (0.25, -2, False)]),
     (True, 1, [(0.25, 0, False), (0.25, 0, True), (0.125, 1, False), (0.125, 1, True),
                (0.125, -1, False), (0.125, -1, True)]),
 ])
 def test_tta_views_are_the_named_ones(flip, shift, expected):
   assert augment.tta_views(flip, shift) == expected
+
+
+def test_tta_logits_weigh_each_view_by_its_named_weight():
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  apply = lambda v: v.mean(axis=(2, 3))  # noqa: E731  (one "logit" per image row)
+  logits, plain = augment.tta_logits(apply, images, flip=False, shift=2)
+  expected = (0.5 * apply(images) + 0.25 * apply(augment.translate(images, 2, 2))
+              + 0.25 * apply(augment.translate(images, -2, -2)))
+  np.testing.assert_allclose(logits, expected, rtol=1e-6)
+  np.testing.assert_array_equal(plain, apply(images))
+  logits, _ = augment.tta_logits(apply, images, flip=True, shift=0)
+  np.testing.assert_allclose(logits, 0.5 * apply(images) + 0.5 * apply(images[:, :, ::-1]),
+                             rtol=1e-6)
 
 
 def test_eval_with_translate_averages_the_named_views():
@@ -278,6 +292,7 @@ def test_dirac_init_starts_convs_as_the_identity():
   assert float(jnp.abs(kernel[..., 4:]).sum()) > 0  # the others keep the base init
 
 
+@pytest.mark.slow  # full-size networks, compiled
 def test_airbench_sa_cnn_budget_attention_and_ablation():
   """<= 550,000 parameters (frozen whitening filters included), two SAGAN layers, and the
   ablation within 2 % of its parameter count."""
@@ -300,6 +315,7 @@ def test_airbench_sa_cnn_budget_attention_and_ablation():
   assert [w.shape for w in weights] == [(2, 1, 225, 225), (2, 1, 49, 49)]  # at 15x15 and 7x7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, recipe, settings", [
     ("sa_cnn", "airbench", {}), ("sa_cnn", "airbench", {"optimizer": "muon"}),
     ("vit", "conv_tokens", {})])

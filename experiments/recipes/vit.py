@@ -10,6 +10,14 @@ from jax_attn import configs
 from jax_attn.configs import vit
 
 
+def notebook_flax_init() -> ml_collections.ConfigDict:
+  """The notebook ViT started from Flax's default initialisation (lecun-normal weights, zero
+  biases) instead of PyTorch's."""
+  config = vit.notebook()
+  config.model.pytorch_init = False
+  return config
+
+
 def patch4() -> ml_collections.ConfigDict:
   """4x4 patches (64 tokens and the class token), 4 pre-norm blocks of width 128 with 4 heads,
   trained with AdamW 2e-3 at batch 128, warm-up and cosine, label smoothing 0.1, crops and
@@ -62,7 +70,7 @@ def conv_tokens_local3() -> ml_collections.ConfigDict:
   return config
 
 
-RECIPES = {f.__name__: f for f in (patch4, cct_adamw, cct_seqpool, conv_tokens_nolocal,
+RECIPES = {f.__name__: f for f in (notebook_flax_init, patch4, cct_adamw, cct_seqpool, conv_tokens_nolocal,
                                    conv_tokens_local3)}
 
 

@@ -85,20 +85,14 @@ def get_recipe(model_name: str, recipe: str = "notebook", **overrides: Any
   return config
 
 
-def get_value(config: ml_collections.ConfigDict, path: str) -> Any:
-  for part in path.split("."):
-    config = config[part]
-  return config
-
-
 def set_value(config: ml_collections.ConfigDict, path: str, value: Any, source: str = "") -> None:
   """``config.<path> = value``; a one-line error naming ``source`` when it cannot be."""
   group, _, name = path.rpartition(".")
   try:
-    parent = get_value(config, group) if group else config
+    parent = config[group] if group else config
     if name not in parent:
       raise KeyError(f"the config has no setting {path}")
-    parent[name] = tuple(value) if isinstance(value, list) else value
+    parent[name] = value  # a ConfigDict turns a list into its field's tuple
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     reason = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     raise UserError(f"{source or '--config.' + path}={value!r} cannot be set: "
@@ -109,7 +103,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Every check of a config: the schema's types, choices and ranges, then the model's own
   checks (it is built, abstractly, at the image size once that is known)."""
   for setting in default.SETTINGS:
-    value = get_value(config, setting.path)
+    value = config[setting.path]  # a ConfigDict reads dotted paths
     problem = setting.problem(value)
     if problem:
       name = setting.flag_name or f"config.{setting.path}"
@@ -136,18 +130,14 @@ def describe(config: ml_collections.ConfigDict) -> str:
     packaged = recipe_module(config.model_name).get_config(config.recipe).model
   except UserError:
     return f"{config.model_name}/{config.recipe}"
-  changed = {k: v for k, v in config.model.items() if _json(v) != _json(packaged.get(k))}
+  changed = {k: v for k, v in config.model.items() if v != packaged.get(k)}
   return f"{config.model_name}/{config.recipe}" + (
       f" ({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else "")
 
 
-def _json(value: Any) -> str:
-  return json.dumps(value, sort_keys=True, default=str)
-
-
 def to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Every setting as plain JSON types: what ``config.json`` holds."""
-  return json.loads(_json(config.to_dict()))
+  return json.loads(json.dumps(config.to_dict()))
 
 
 def from_json(content: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -21,7 +21,7 @@ class Setting:
   """One setting: its dotted ``path`` in the config, default and help.
 
   ``kind``: the value type where the default is None. ``choices``: the only values allowed.
-  ``valid``: the allowed range, ``> 0``, ``>= N``, ``[0, 1)`` or ``[0, 1]``. ``flag``: the
+  ``valid``: the allowed range, ``> N``, ``>= N`` or an interval such as ``[0, 1)``. ``flag``: the
   ``--flag`` name (default: the path with dots as underscores; None: set it with
   ``--config.PATH`` only).
   """
@@ -50,11 +50,12 @@ class Setting:
     match = re.fullmatch(r"(>=?) (\S+)|([\[(])(\S+), (\S+)([\])])", self.valid)
     if not match:
       return None
-    if match[1]:
-      low = float(match[2])
-      ok = value > low if match[1] == ">" else value >= low
-      wanted = {"> 0": "positive"}.get(self.valid, f"at least {match[2]}" if match[2] != "0"
-                                      else ">= 0")
+    if match[1] == ">":
+      ok = value > float(match[2])
+      wanted = "positive" if float(match[2]) == 0 else f"greater than {match[2]}"
+    elif match[1]:
+      ok = value >= float(match[2])
+      wanted = f"at least {match[2]}"
     else:
       low, high = float(match[4]), float(match[5])
       ok = (low < value if match[3] == "(" else low <= value) and (

@@ -55,21 +55,20 @@ def train_batches(split: ArraySplit, *, seed: int, epoch: int, global_batch: int
            "index": index.astype(np.int32)}
 
 
-def eval_indices(size: int, global_batch: int) -> Iterator[tuple[np.ndarray, ...]]:
-  """``(index, position, mask)`` of this process's slice of each eval batch: every example
-  exactly once, in order; the last batch is padded (with example 0) and masked."""
+def eval_indices(size: int, global_batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """``(index, mask)`` of this process's slice of each eval batch: every example exactly
+  once, in order; the last batch is padded (with example 0) and masked."""
   mine = process_slice(global_batch)
   for start in range(0, size, global_batch):
     index = np.arange(start, start + global_batch)[mine]
     valid = index < size
-    yield np.where(valid, index, 0), np.arange(global_batch, dtype=np.int32)[mine], valid
+    yield np.where(valid, index, 0), valid
 
 
 def eval_batches(split: ArraySplit, global_batch: int) -> Iterator[Batch]:
   """The batches of ``eval_indices``."""
-  for index, position, mask in eval_indices(len(split), global_batch):
-    yield {"image": split.images[index], "label": split.labels[index], "position": position,
-           "mask": mask}
+  for index, mask in eval_indices(len(split), global_batch):
+    yield {"image": split.images[index], "label": split.labels[index], "mask": mask}
 
 
 def prefetch(batches: Iterable[Batch], put: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:

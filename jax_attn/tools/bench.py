@@ -166,16 +166,18 @@ class JaxSide:
     return stats.get("peak_bytes_in_use")
 
 
-def _alternate(timers: dict[str, Callable[[int], list[float]]]) -> dict[str, list[float]]:
-  """Each timer's step times, the timers taking turns in every round (after a warm-up)."""
-  per_round = max(1, _STEPS.value // _ROUNDS.value)
+def race(timers: dict[str, Callable[[int], list[float]]], steps: int, rounds: int
+         ) -> dict[str, float]:
+  """The median step time of each timer (``jax`` among them), the timers taking turns in every
+  round after a warm-up of 2 steps each, so a machine's slow spells hit all alike."""
+  per_round = max(1, steps // rounds)
   for timer in timers.values():
     timer(2)
   times: dict[str, list[float]] = {name: [] for name in timers}
-  for _ in range(_ROUNDS.value):
+  for _ in range(rounds):
     for name, timer in timers.items():
       times[name] += timer(per_round)
-  return times
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _rivals(name: str, split: data.ArraySplit) -> tuple[dict[str, Any], dict[str, str]]:
@@ -199,9 +201,11 @@ def _rivals(name: str, split: data.ArraySplit) -> tuple[dict[str, Any], dict[str
 def bench_model(name: str) -> dict[str, Any]:
   side = JaxSide(name)
   rivals, errors = _rivals(name, side.split)
-  train = _alternate({"jax": side.train_steps, **{r: s.train_steps for r, s in rivals.items()}})
-  evals = _alternate({"jax": side.eval_steps, **{r: s.eval_steps for r, s in rivals.items()}})
-  step = statistics.median(train["jax"])
+  train = race({"jax": side.train_steps, **{r: s.train_steps for r, s in rivals.items()}},
+               _STEPS.value, _ROUNDS.value)
+  evals = race({"jax": side.eval_steps, **{r: s.eval_steps for r, s in rivals.items()}},
+               _STEPS.value, _ROUNDS.value)
+  step = train["jax"]
   kind = jax.devices()[0].device_kind
   achieved = side.flops_per_image * _BATCH.value / step
   peak = _peak(kind) if _DTYPE.value == "bfloat16" else None
@@ -213,18 +217,18 @@ def bench_model(name: str) -> dict[str, Any]:
       "backend": jax.default_backend(), "device_kind": kind,
       "devices": side.parallel.num_devices, "compile_s": side.compile_s,
       "train_step_ms": step * 1e3, "train_images_per_sec": _BATCH.value / step,
-      "eval_images_per_sec": _BATCH.value / statistics.median(evals["jax"]),
+      "eval_images_per_sec": _BATCH.value / evals["jax"],
       "gflops_per_image": side.flops_per_image / 1e9, "achieved_tflops": achieved / 1e12,
       "mfu": achieved / peak if peak else None, "peak_memory_bytes": side.peak_memory(),
   }
   result.update(errors)
   for rival, torch_side in rivals.items():  # keys: torch_* / speedup_*, torch_compile_* / ..._compile
-    rival_step, suffix = statistics.median(train[rival]), "_compile" if rival != "torch" else ""
+    suffix = "_compile" if rival != "torch" else ""
     result.update({
-        "torch_device": str(torch_side.device), f"{rival}_train_step_ms": rival_step * 1e3,
-        f"{rival}_eval_images_per_sec": _BATCH.value / statistics.median(evals[rival]),
-        f"speedup_train{suffix}": rival_step / step,
-        f"speedup_eval{suffix}": statistics.median(evals[rival]) / statistics.median(evals["jax"])})
+        "torch_device": str(torch_side.device), f"{rival}_train_step_ms": train[rival] * 1e3,
+        f"{rival}_eval_images_per_sec": _BATCH.value / evals[rival],
+        f"speedup_train{suffix}": train[rival] / step,
+        f"speedup_eval{suffix}": evals[rival] / evals["jax"]})
   if _PROFILE.value:  # whole calls of K steps; profile_table reads how many steps were traced
     with jax.profiler.trace(f"{_PROFILE.value}/{name}", create_perfetto_trace=True):
       traced = len(side.train_steps(-(-5 // side.steps_per_call) * side.steps_per_call))

@@ -122,10 +122,9 @@ def _partial_summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def loss_windows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The per-window records (every ``--log_every_steps``), without each epoch's closing
-  record: that one holds the whole epoch's mean loss, which drawn on the same line makes a
-  spike at every epoch boundary."""
-  return [m for m, after in zip(metrics, metrics[1:]) if after["epoch"] == m["epoch"]]
+  """The ``window`` records (every ``--log_every_steps``): an epoch's closing record holds
+  the whole epoch's mean loss, which drawn on the same line makes a spike at every epoch."""
+  return [m for m in metrics if m["kind"] == "window"]
 
 
 def plot_curves(runs: list[dict[str, Any]], out: Path) -> list[str]:

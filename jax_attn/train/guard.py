@@ -66,7 +66,11 @@ def prepare_workdir(workdir: Path) -> None:
     raise UserError(f"--workdir={workdir} is not writable: use a directory you can write to")
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: object) -> bool:
+  """Whether process ``pid`` of this host runs; not a positive pid (a lock left empty or
+  half-written) is no process: ``os.kill(-1, 0)`` would ask about every process there is."""
+  if not isinstance(pid, int) or pid <= 0:
+    return False
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -91,15 +95,18 @@ class WorkdirLock:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         holder = self._holder()
-        if holder.get("host") == self.owner["host"] and not _alive(int(holder.get("pid", -1))):
-          log(f"taking over {self.path}: its run (pid {holder.get('pid')}, started "
-              f"{holder.get('started')}) is gone")
+        if holder is None or (holder.get("host") == self.owner["host"]
+                              and not holder.get("starting") and not _alive(holder.get("pid"))):
+          log(f"taking over {self.path}: " + ("it is empty or half-written" if holder is None
+              else f"its run (pid {holder.get('pid')}, started {holder.get('started')}) is gone"))
           self.path.unlink(missing_ok=True)
           continue
+        elsewhere = holder.get("host") != self.owner["host"]
         raise UserError(
             f"--workdir={self.path.parent} is in use by pid {holder.get('pid')} on "
             f"{holder.get('host')} (since {holder.get('started')}): wait for that run, or remove "
-            f"{self.path} if it is gone") from None
+            f"{self.path} if it is gone" + (" (a run on another host cannot be checked from "
+                                           "here)" if elsewhere else "")) from None
       except OSError as e:
         raise UserError(f"cannot write {self.path} ({e.strerror or e}): use a writable --workdir"
                         ) from None
@@ -108,14 +115,24 @@ class WorkdirLock:
       self.held = True
       return
 
-  def _holder(self) -> dict:
+  def _holder(self) -> dict | None:
+    """The lock's owner; None for a lock that is empty or half-written and older than a few
+    seconds (stale: a run writes its lock as it makes it)."""
     try:
-      return json.loads(self.path.read_text())
+      holder = json.loads(self.path.read_text())
     except (OSError, ValueError):
-      return {"pid": -1, "host": self.owner["host"], "started": "?"}  # half-written: stale
+      holder = None
+    if isinstance(holder, dict):
+      return holder
+    try:
+      young = time.time() - self.path.stat().st_mtime < 5
+    except OSError:
+      young = False
+    return {"pid": "(starting)", "host": self.owner["host"], "started": "just now",
+            "starting": True} if young else None
 
   def release(self) -> None:
-    if self.held and self._holder().get("pid") == self.owner["pid"]:
+    if self.held and (self._holder() or {}).get("pid") == self.owner["pid"]:
       self.path.unlink(missing_ok=True)
     self.held = False
 

@@ -140,8 +140,10 @@ class _Run:
     self.checkpointer.save(step, self._checkpoint_tree(host))
 
   # ---------------------------------------------------------------- metrics
-  def _flush(self, pending: list[tuple[int, Any]], interval_start: float, epoch: int) -> None:
-    """Fetches the pending step metrics (one host sync), checks them, logs one record."""
+  def _flush(self, pending: list[tuple[int, Any]], interval_start: float, epoch: int,
+             compiled: int = 0) -> None:
+    """Fetches the pending step metrics (one host sync), checks them, logs one record; the
+    first ``compiled`` steps are left out of its throughput."""
     if not pending:
       return
     steps, values = multistep.per_step(
@@ -150,13 +152,18 @@ class _Run:
       if not np.isfinite(metrics["loss"]):
         raise diverged(f"the training loss became {float(metrics['loss'])} at step {step}",
                        self.workdir, self.config.dtype)
-    self.meter.window(values, pending[-1][0], epoch, time.perf_counter() - interval_start)
+    self.meter.window(values, pending[-1][0], epoch, time.perf_counter() - interval_start,
+                      compiled)
     pending.clear()
 
   def _end_epoch(self, state: Any, epoch: int, step: int) -> dict[str, float] | None:
-    record = self.meter.close_epoch(step, epoch)
+    """Closes the epoch (or, at a --max_steps inside one, the run): its record, evaluated at
+    the end and every --eval_every_epochs."""
+    ended = step % self.steps_per_epoch != 0
+    record = self.meter.close_epoch(step, epoch, ended)
     evaluation = None
-    line = f"Loss: {record['train_loss']:.4f}, Epoch [{epoch + 1}]"
+    line = f"Loss: {record['train_loss']:.4f}, Epoch [{epoch + 1}]" + (
+        f", stopped at step {step}" if ended else "")
     if step >= self.end_step or (epoch + 1) % self.config.eval_every_epochs == 0:
       evaluation = self._evaluate(state)
       record.update(eval_loss=evaluation["eval_loss"], eval_accuracy=evaluation["eval_accuracy"])
@@ -211,7 +218,7 @@ class _Run:
         f"({self.eval_spec}); {self.steps_per_epoch} steps/epoch; {self.parallel.num_devices} "
         f"{jax.default_backend()} device(s), --parallel={config.parallel}")
     self.writer.start_progress(self.end_step, step)
-    evaluation = None
+    evaluation, compiled, first_window = None, 0, True
     with guard.StopSignals() as signals:
       try:
         while step < self.end_step:
@@ -222,24 +229,30 @@ class _Run:
             state, metrics = function(state, *arguments)
             step += steps
             pending.append((step, metrics))
+            if not compiled:  # the run's first call compiled: its time is not training's
+              jax.block_until_ready(metrics)
+              interval_start, compiled = time.perf_counter(), steps
             epoch_done = step % self.steps_per_epoch == 0
             save_now = step % config.checkpoint_every_steps == 0
-            if (step % config.log_every_steps == 0 or save_now or epoch_done
-                or step == self.end_step):
-              self._flush(pending, interval_start, epoch)
-              interval_start = time.perf_counter()
+            flush = (step % config.log_every_steps == 0 or save_now or epoch_done
+                     or step == self.end_step)
+            if flush:
+              self._flush(pending, interval_start, epoch, compiled if first_window else 0)
+              first_window = False
             if epoch_done or step == self.end_step:
-              evaluation = self._end_epoch(state, epoch, step) if epoch_done else None
+              evaluation = self._end_epoch(state, epoch, step)
               save_now = True
             if save_now:
               self._save(state, step)
             if step == self.end_step:
               break
+            if flush:  # evaluation and checkpoints are not training either
+              interval_start = time.perf_counter()
             # One process: every step. Several: where they log, so all stop at the same step.
             if jax.process_count() == 1 or step % config.log_every_steps == 0:
               stop = signals.agreed()
               if stop:
-                self._flush(pending, interval_start, epoch)
+                self._flush(pending, interval_start, epoch, compiled if first_window else 0)
                 if not save_now:
                   self._save(state, step)
                 raise guard.StoppedBySignal(stop, step)

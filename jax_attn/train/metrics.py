@@ -21,10 +21,10 @@ except ImportError:  # tqdm is optional: plain log lines instead
   tqdm = None
 
 
-# TensorBoard tags, from the keys of a metrics.jsonl record. A window record (every
-# --log_every_steps) and the epoch's closing record share the closing step, and TensorBoard's data
-# server keeps one point per tag and step (a second point at a step drops the first), so the
-# closing record's epoch means go to epoch/* tags; its learning rate is the window record's.
+# TensorBoard tags, from the keys of a metrics.jsonl record, by its ``kind``: a ``window`` record
+# (every --log_every_steps) and the epoch's closing ``epoch`` record (or the ``end`` record of a
+# run stopped inside an epoch) share a step, and TensorBoard keeps one point per tag and step,
+# so a closing record's means go to epoch/* tags; its learning rate is the window record's.
 _WINDOW_TAGS = {"train_loss": "train/loss", "train_accuracy": "train/accuracy",
                 "learning_rate": "train/learning_rate", "images_per_sec": "train/images_per_sec"}
 _EPOCH_TAGS = {"train_loss": "epoch/train_loss", "train_accuracy": "epoch/train_accuracy",
@@ -79,7 +79,6 @@ class MetricsWriter:
     self._tensorboard: Any = None  # a tensorboardX.SummaryWriter, made on the first record
     self._tensorboard_missing = False
     self._purge_step: int | None = None  # set by a resume
-    self._last_step: int | None = None  # the step of the last record written
 
   def log(self, message: str) -> None:
     if not self.is_main:
@@ -98,15 +97,15 @@ class MetricsWriter:
       tmp.replace(path)
 
   def truncate_after(self, step: int) -> None:
-    """Drops records past ``step`` (written after the checkpoint a resume starts from)."""
+    """Drops the records written after the checkpoint a resume starts from (at ``step``: a
+    run stopped there by --max_steps wrote its ``end`` record after it)."""
     path = self.workdir / "metrics.jsonl"
     if self.is_main and path.exists():
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= step]
-      path.write_text("".join(line + "\n" for line in kept))
+      records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+      kept = [r for r in records if r["step"] < step or r["step"] == step and r["kind"] != "end"]
+      path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self._purge_step = step + 1  # the next event file hides TensorBoard's points past ``step``
     self._close_tensorboard()
-    self._last_step = None
 
   def write_metrics(self, record: dict[str, Any]) -> None:
     if self.is_main:
@@ -116,14 +115,12 @@ class MetricsWriter:
       self._write_tensorboard(record)
 
   def _write_tensorboard(self, record: dict[str, Any]) -> None:
-    """The record's scalars at its step; an epoch's closing record (at the same step as the
-    window record before it) flushes the event file."""
+    """The record's scalars at its step; a closing record flushes the event file."""
     writer = self._tensorboard_writer()
     if writer is None:
       return
     step = int(record["step"])
-    epoch_end = step == self._last_step
-    self._last_step = step
+    epoch_end = record["kind"] != "window"
     tags = {**(_EPOCH_TAGS if epoch_end else _WINDOW_TAGS), **_EVAL_TAGS}
     for key, tag in tags.items():
       value = record.get(key)
@@ -157,20 +154,17 @@ class MetricsWriter:
     """A tqdm bar on a terminal; elsewhere the periodic log lines are the progress."""
     if self.is_main and tqdm is not None and sys.stderr.isatty():
       self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-    self._last = (time.perf_counter(), initial)
 
-  def progress(self, step: int, total: int, loss: float, images_per_sec: float) -> None:
+  def progress(self, step: int, total: int, loss: float, images_per_sec: float,
+               eta: float) -> None:
+    """The training's position: ``eta`` seconds left at ``images_per_sec``."""
     if not self.is_main:
       return
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
       self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_sec:,.0f}")
       return
-    now, (then, then_step) = time.perf_counter(), self._last
-    rate = (step - then_step) / max(now - then, 1e-9)
-    eta = (total - step) / rate if rate > 0 else float("nan")
     self.log(f"step {step}/{total}  loss {loss:.4f}  {images_per_sec:,.0f} img/s  ETA {eta:.0f}s")
-    self._last = (now, step)
 
   def close(self) -> None:
     self._close_tensorboard()
@@ -181,7 +175,8 @@ class MetricsWriter:
 
 class TrainMeter:
   """Accumulates the step metrics fetched from the devices, writes their records and moves
-  the progress bar (to ``end_step``)."""
+  the progress bar (to ``end_step``). Throughput and ETA leave out the steps that compiled (as
+  clu's ``ReportProgress``): a run's first call."""
 
   def __init__(self, writer: MetricsWriter, schedule: Callable[[int], Any], batch_size: int,
                end_step: int):
@@ -209,37 +204,42 @@ class TrainMeter:
     self.train_wall = float(tree["totals"]["train_wall"])
     self.images_seen = int(tree["totals"]["images_seen"])
 
-  def window(self, values: list[dict[str, Any]], last_step: int, epoch: int,
-             elapsed: float) -> None:
-    """Adds the finite metrics of the steps up to ``last_step`` (``elapsed`` seconds of
-    training) and writes their record."""
-    batch = self.batch_size
+  def window(self, values: list[dict[str, Any]], last_step: int, epoch: int, elapsed: float,
+             compiled: int = 0) -> None:
+    """Adds the finite metrics of the steps up to ``last_step`` and writes their ``window``
+    record; ``elapsed`` seconds trained the steps after the first ``compiled`` ones."""
+    batch, timed = self.batch_size, len(values) - compiled
     for metrics in values:
       self.sums["loss_sum"] += float(metrics["loss"]) * batch
       self.sums["correct_sum"] += float(metrics["accuracy"]) * batch
       self.sums["count"] += batch
     self.train_wall += elapsed
-    self.images_seen += batch * len(values)
+    self.images_seen += batch * timed
     loss = float(np.mean([m["loss"] for m in values]))
-    images_per_sec = batch * len(values) / max(elapsed, 1e-9)
+    images_per_sec = batch * timed / elapsed if timed and elapsed > 0 else self.images_per_sec
     self.writer.write_metrics(self._record(
-        last_step, epoch, loss, float(np.mean([m["accuracy"] for m in values])), images_per_sec))
-    self.writer.progress(last_step, self.end_step, loss, images_per_sec)
+        "window", last_step, epoch, loss, float(np.mean([m["accuracy"] for m in values])),
+        images_per_sec))
+    eta = (self.end_step - last_step) * batch / max(self.images_per_sec, 1e-9)
+    self.writer.progress(last_step, self.end_step, loss, images_per_sec, eta)
 
-  def close_epoch(self, step: int, epoch: int) -> dict[str, Any]:
-    """The epoch's closing record (its train means; evaluation to be filled in), and a fresh
-    epoch."""
+  def close_epoch(self, step: int, epoch: int, ended: bool = False) -> dict[str, Any]:
+    """The epoch's closing record (its train means; evaluation to be filled in) and a fresh
+    epoch; ``ended``: the ``end`` record of a run stopped inside the epoch, whose sums stay (a
+    resumed run goes on with them)."""
     count = max(self.sums["count"], 1.0)
-    record = self._record(step, epoch, self.sums["loss_sum"] / count,
-                          self.sums["correct_sum"] / count, self.images_per_sec)
-    self.sums = {k: 0.0 for k in self.sums}
+    record = self._record("end" if ended else "epoch", step, epoch,
+                          self.sums["loss_sum"] / count, self.sums["correct_sum"] / count,
+                          self.images_per_sec)
+    if not ended:
+      self.sums = {k: 0.0 for k in self.sums}
     return record
 
-  def _record(self, step: int, epoch: int, loss: float, accuracy: float,
+  def _record(self, kind: str, step: int, epoch: int, loss: float, accuracy: float,
               images_per_sec: float) -> dict[str, Any]:
     """A metrics.jsonl record of the training figures at ``step``; no evaluation yet."""
-    return {"step": step, "epoch": epoch + 1, "train_loss": loss, "train_accuracy": accuracy,
-            "eval_loss": None, "eval_accuracy": None,
+    return {"kind": kind, "step": step, "epoch": epoch + 1, "train_loss": loss,
+            "train_accuracy": accuracy, "eval_loss": None, "eval_accuracy": None,
             "learning_rate": float(self.schedule(step - 1)),
             "images_per_sec": images_per_sec, "wall_s": self.train_wall}
 

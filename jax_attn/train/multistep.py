@@ -92,10 +92,9 @@ def per_step(ends: list[int], outputs: list[dict[str, Any]]) -> tuple[list[int],
 
 def eval_block(size: int, global_batch: int) -> Block:
   """Every eval batch of ``pipeline.eval_batches`` as one ``[local batch, batches]``
-  block of indices, positions and masks."""
-  index, position, mask = zip(*(pipeline.eval_indices(size, global_batch)))
-  return {"index": np.stack(index, 1).astype(np.int32), "position": np.stack(position, 1),
-          "mask": np.stack(mask, 1)}
+  block of indices and masks."""
+  index, mask = zip(*(pipeline.eval_indices(size, global_batch)))
+  return {"index": np.stack(index, 1).astype(np.int32), "mask": np.stack(mask, 1)}
 
 
 def _gather(data: dict[str, jax.Array], block: dict[str, jax.Array]) -> dict[str, jax.Array]:

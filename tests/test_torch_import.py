@@ -7,6 +7,8 @@ import pytest
 
 import jax_attn
 
+pytestmark = pytest.mark.slow  # full-size networks, compiled
+
 torch = pytest.importorskip("torch")
 from jax_attn.tools.torch_models import TorchSACNN, TorchViT  # noqa: E402  (needs torch)
 

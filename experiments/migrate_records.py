@@ -1,12 +1,15 @@
-"""Rewrites the recorded runs' config.json (experiments/results/**) in the current format.
+"""Rewrites the recorded runs' config.json and metrics.jsonl (experiments/results/**) in the
+current format.
 
-    python experiments/migrate_configs.py [--check]
+    python experiments/migrate_records.py [--check]
 
 Two earlier layouts are read: the flat one (``model`` the family's name, its network a named
 ``preset`` plus ``model_overrides``) and the ConfigDict one (``model`` a dict of the module's
 fields at the time, a ``preset`` beside it). Their recipes are renamed for what they are
 (``RENAMED``) and matched against the recipe files: a run whose settings are a recipe's is
 named after it; another (a grid point) is named after its recipe plus the settings it changed.
+Each metrics.jsonl record gets its ``kind``: an epoch's closing record followed the window
+record of the same step.
 """
 from __future__ import annotations
 
@@ -137,6 +140,14 @@ def _short(value: Any) -> str:
   return json.dumps(value).replace('"', "").replace(" ", "")
 
 
+def with_kinds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """metrics.jsonl records with their ``kind``: ``epoch`` for a record at its predecessor's
+  step (an epoch's closing record), else ``window``."""
+  steps = [None] + [r["step"] for r in records]
+  return [{"kind": r.get("kind") or ("epoch" if r["step"] == before else "window"), **r}
+          for r, before in zip(records, steps)]
+
+
 def main(argv: list[str]) -> int:
   changed = 0
   for path in sorted(RESULTS.rglob("config.json")):
@@ -147,7 +158,13 @@ def main(argv: list[str]) -> int:
       print(f"{path.relative_to(ROOT)}: {new['recipe']}")
       if "--check" not in argv:
         path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
-  print(f"{changed} config.json files {'to migrate' if '--check' in argv else 'migrated'}")
+  for path in sorted(RESULTS.rglob("metrics.jsonl")):
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if any("kind" not in r for r in records):
+      changed += 1
+      if "--check" not in argv:
+        path.write_text("".join(json.dumps(r) + "\n" for r in with_kinds(records)))
+  print(f"{changed} files {'to migrate' if '--check' in argv else 'migrated'}")
   return 0
 
 

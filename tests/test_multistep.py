@@ -11,7 +11,7 @@ import pytest
 
 from jax_attn import data
 from jax_attn.data import pipeline as input_pipeline
-from jax_attn.train import multistep as on_device
+from jax_attn.train import multistep
 
 from conftest import TINY_RECIPE
 
@@ -36,7 +36,7 @@ def _params(workdir):
 
 
 def test_call_ends_at_every_boundary():
-  end = lambda step: on_device.call_end(step, steps_per_call=10, steps_per_epoch=33,  # noqa: E731
+  end = lambda step: multistep.call_end(step, steps_per_call=10, steps_per_epoch=33,  # noqa: E731
                                         end_step=70, every=(15, 25))
   starts, step = [], 0
   while step < 70:
@@ -48,10 +48,10 @@ def test_call_ends_at_every_boundary():
 
 def test_blocks_hold_the_batches_of_the_host_pipeline():
   split = data.SyntheticSource(200, 4).load("train")
-  ends = lambda step: on_device.call_end(step, steps_per_call=4, steps_per_epoch=12,  # noqa: E731
+  ends = lambda step: multistep.call_end(step, steps_per_call=4, steps_per_epoch=12,  # noqa: E731
                                          end_step=24, every=(5,))
   for epoch, first in ((0, 0), (1, 3)):  # also from the middle of an epoch (a resume)
-    blocks = list(on_device.train_blocks(len(split), seed=3, epoch=epoch, global_batch=16,
+    blocks = list(multistep.train_blocks(len(split), seed=3, epoch=epoch, global_batch=16,
                                          first_step=first, steps_per_call=4, ends=ends))
     host = list(input_pipeline.train_batches(split, seed=3, epoch=epoch, global_batch=16,
                                              first_step=first))
@@ -64,7 +64,7 @@ def test_blocks_hold_the_batches_of_the_host_pipeline():
       np.testing.assert_array_equal(index, batch["index"])
       np.testing.assert_array_equal(position, batch["position"])
   eval_split = data.SyntheticSource(200, 4).load("test")  # 40 examples: the last batch padded
-  block = on_device.eval_block(len(eval_split), 16)
+  block = multistep.eval_block(len(eval_split), 16)
   batches = list(input_pipeline.eval_batches(eval_split, 16))
   assert block["index"].shape == (16, len(batches))
   for i, batch in enumerate(batches):
@@ -80,6 +80,7 @@ def straight(tmp_path_factory):
           "k10": (root / "k10", *_train(root / "k10", "--steps_per_call=10"))}
 
 
+@pytest.mark.slow
 def test_steps_per_call_trains_and_evaluates_like_one_step_per_call(straight):
   (_, one, one_records, one_log), (_, ten, ten_records, ten_log) = straight["k1"], straight["k10"]
   assert "note: --steps_per_call=10 on a CPU" in ten_log and "note:" not in one_log
@@ -91,6 +92,7 @@ def test_steps_per_call_trains_and_evaluates_like_one_step_per_call(straight):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resumed_steps_per_call_run_is_bit_identical(tmp_path, straight):
   resumed = tmp_path / "resumed"
   _train(resumed, "--steps_per_call=10", "--max_steps=24")  # stops at a checkpoint, mid-epoch
@@ -100,6 +102,7 @@ def test_resumed_steps_per_call_run_is_bit_identical(tmp_path, straight):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])
 def test_steps_per_call_on_eight_devices(tmp_path, straight, mode):
   """Resident data replicated, the blocks split like batches: the run of one device (dropout
@@ -116,15 +119,15 @@ def test_per_step_unstacks_the_rows_a_call_ran():
   single = {"loss": np.float32(2.0), "accuracy": np.float32(0.5)}
   call = {"loss": np.array([1.0, 0.9, 0.0], np.float32), "accuracy": np.array([0.1, 0.2, 0.0]),
           "steps": np.int32(2)}  # the third row is an unused column of the block
-  steps, values = on_device.per_step([5, 7], [single, call])
+  steps, values = multistep.per_step([5, 7], [single, call])
   assert steps == [5, 6, 7]
   assert [float(v["loss"]) for v in values] == [2.0, 1.0, pytest.approx(0.9)]
   assert all(set(v) == {"loss", "accuracy"} for v in values)
 
 
 def test_blocks_stop_where_the_run_ends_inside_an_epoch():
-  ends = lambda step: on_device.call_end(step, steps_per_call=4, steps_per_epoch=12,  # noqa: E731
+  ends = lambda step: multistep.call_end(step, steps_per_call=4, steps_per_epoch=12,  # noqa: E731
                                          end_step=6, every=(100,))
-  blocks = list(on_device.train_blocks(200, seed=0, epoch=0, global_batch=16, first_step=0,
+  blocks = list(multistep.train_blocks(200, seed=0, epoch=0, global_batch=16, first_step=0,
                                        steps_per_call=4, ends=ends))
   assert [steps for steps, _ in blocks] == [4, 2]
