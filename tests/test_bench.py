@@ -1,9 +1,18 @@
-"""The benchmark's PyTorch side (the notebook's loop, airbench93's network) and its table."""
+"""The benchmark's PyTorch side (the notebook's loop, airbench93's network and whole-run
+recipe) and its table."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from jax_attn import data
+from jax_attn import configs, data
+from jax_attn.data import augment
 from jax_attn.tools import bench
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch = pytest.importorskip("torch")
 from jax_attn.tools.torch_bench import TorchSide  # noqa: E402  (needs torch)
@@ -129,3 +138,45 @@ def test_profile_table_sums_device_kernels_by_kind(tmp_path, capsys):
   assert profile_table.main(["profile_table", str(tmp_path)]) == 0
   assert "### sa_cnn (4 steps traced)" in capsys.readouterr().out
   assert profile_table.main(["profile_table", str(tmp_path / "sa_cnn" / "plugins" / "profile" / "run" / "x")]) == 2
+
+
+def test_torch_airbench_normalises_crops_translates_and_evaluates_as_the_jax_side():
+  from jax_attn.tools import torch_airbench
+  images = np.random.default_rng(0).integers(0, 256, (600, 6, 6, 3)).astype(np.uint8)
+  x = torch_airbench._tensor(images, "mean_std")
+  nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+  np.testing.assert_allclose(nhwc(x), augment.normalize(images, "mean_std"), atol=1e-6)
+  for dy, dx in [(0, 0), (1, -2), (-1, 1)]:
+    np.testing.assert_allclose(nhwc(torch_airbench._translate(x, dy, dx)),
+                               augment.translate(nhwc(x), dy, dx), atol=1e-6)
+  crops = nhwc(torch_airbench._crop(x, 1, torch.Generator().manual_seed(0)))
+  windows = [augment.translate(nhwc(x), dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  seen = [[k for k, w in enumerate(windows) if np.array_equal(w[i], crops[i])] for i in range(600)]
+  assert all(len(k) == 1 for k in seen)  # each crop is one window of the padded image
+  counts = np.bincount([k[0] for k in seen], minlength=9)
+  assert counts.min() > 30, counts  # each of the 9 windows: 600 / 9 = 67 expected
+
+
+@pytest.mark.slow  # trains
+def test_torch_airbench_trains_repeatably_and_learns():
+  from jax_attn.tools import torch_airbench
+  config = configs.get_recipe("sa_cnn", "airbench_noattn", epochs=3, batch_size=32)
+  train, evaluation = (data.SyntheticSource(256, 32).load(s) for s in ("train", "test"))
+  run = lambda seed: torch_airbench.train_and_evaluate(  # noqa: E731
+      config, train, evaluation, seed, log=lambda _: None)
+  first, again, other = run(0), run(0), run(1)
+  assert first["history"] == again["history"] and first["history"] != other["history"]
+  assert first["steps"] == 24 and first["images_per_s"] > 0
+  assert first["history"][-1]["loss"] < 0.8 * first["history"][0]["loss"]  # it learns
+
+
+@pytest.mark.slow  # starts processes
+def test_whole_run_race_script_records_both_frameworks(tmp_path):
+  env = dict(os.environ, DATA_FLAGS="--synthetic --synthetic_size=256",
+             EXTRA_FLAGS="--epochs=1 --batch_size=32")
+  script = ROOT / "experiments" / "cpu_whole_run_race.sh"
+  subprocess.run(["bash", str(script), str(tmp_path), "1"], cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
+  runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+  assert [r["framework"] for r in runs] == ["jax", "pytorch"]
+  assert all(r["wall_s"] >= 0 and 0 <= r["eval_accuracy"] <= 1 for r in runs), runs

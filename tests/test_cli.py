@@ -40,7 +40,8 @@ def test_a_flag_wins_over_config_which_wins_over_the_recipe():
     (["--model=sa_cnn", "--config.model.widths=(0,)", "--image_size=8"],
      "SACNN widths must be positive"),
     (["--model=vit", "--config.model.depth=0", "--image_size=8"], "ViT depth must be positive"),
-    (["--model=vit", "--config.model.depth=abc"], "config.model.depth"),
+    (["--model=vit", "--config.model.depth=abc"],
+     "flag --config.model.depth=abc: invalid literal for int() with base 10: 'abc'"),
     (["--model=vit", "--config.model.depht=2"], '--config.model.depht: the config has no setting '
                                                'model.depht; did you mean "depth"?'),
     (["--config.model.depth=3"], "--config.model.depth: the config has no setting model.depth"),

@@ -162,7 +162,8 @@ def test_set_value_errors_name_the_setting_and_the_reason():
   assert config.model.stem_widths == (32, 64)  # lists (JSON, flags) become tuples
   with pytest.raises(UserError) as e:
     configs.set_value(config, "model.depht", 2)
-  assert str(e.value) == "--config.model.depht=2 cannot be set: the config has no setting model.depht"
+  assert str(e.value) == ("--config.model.depht=2 cannot be set: the config has no setting "
+                          "model.depht")
   with pytest.raises(UserError) as e:
     configs.set_value(config, "epochs", "many", source="--epochs")
   assert str(e.value).startswith("--epochs='many' cannot be set: Could not override field "

@@ -180,7 +180,7 @@ def test_a_source_slices_the_split_it_is_asked_for():
   source = data.SyntheticSource(100, 8)
   np.testing.assert_array_equal(source.load("train[10:20]").labels,
                                 source.load("train").labels[10:20])
-  assert len(source.load("test")) == 20
+  assert len(source.load("train")) == 100 and len(source.load("test")) == 20
 
 
 def test_a_source_without_the_split_names_the_ones_it_has():

@@ -64,7 +64,8 @@ def test_local_mixing_convolves_the_token_grid_row_major_after_the_class_token()
 
 
 @pytest.mark.parametrize("pooling, norm_position", [
-    ("class_seq", "pre"), ("class", "pre"), ("class", "post")])
+    ("class_seq", "pre"), ("class", "pre"),
+    pytest.param("class", "post", marks=pytest.mark.slow)])  # compiles a third ViT
 def test_a_vit_with_local_mixing_starts_as_one_without_and_then_uses_it(pooling, norm_position):
   """Zero-initialised: the logits equal those of the same ViT without it; every block holds its
   parameters (also the last, which computes only the class token with class pooling), they
