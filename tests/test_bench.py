@@ -140,15 +140,11 @@ def test_profile_table_sums_device_kernels_by_kind(tmp_path, capsys):
   assert profile_table.main(["profile_table", str(tmp_path / "sa_cnn" / "plugins" / "profile" / "run" / "x")]) == 2
 
 
-def test_torch_airbench_normalises_crops_translates_and_evaluates_as_the_jax_side():
+def test_torch_airbench_crops_the_windows_the_jax_side_crops():
   from jax_attn.tools import torch_airbench
   images = np.random.default_rng(0).integers(0, 256, (600, 6, 6, 3)).astype(np.uint8)
-  x = torch_airbench._tensor(images, "mean_std")
+  x = torch_airbench._nchw(augment.normalize(images, "mean_std"))
   nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
-  np.testing.assert_allclose(nhwc(x), augment.normalize(images, "mean_std"), atol=1e-6)
-  for dy, dx in [(0, 0), (1, -2), (-1, 1)]:
-    np.testing.assert_allclose(nhwc(torch_airbench._translate(x, dy, dx)),
-                               augment.translate(nhwc(x), dy, dx), atol=1e-6)
   crops = nhwc(torch_airbench._crop(x, 1, torch.Generator().manual_seed(0)))
   windows = [augment.translate(nhwc(x), dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
   seen = [[k for k, w in enumerate(windows) if np.array_equal(w[i], crops[i])] for i in range(600)]

@@ -31,24 +31,9 @@ from jax_attn.models import whitening
 from jax_attn.tools.torch_models import TorchAirbench93
 from jax_attn.train import optim
 
-def _tensor(images: np.ndarray, normalization: str) -> torch.Tensor:
-  """uint8 ``[N, H, W, 3]`` -> normalised float32 ``[N, 3, H, W]`` (``augment.normalize``)."""
-  x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
-  if normalization == "mean_std":
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (augment.CIFAR10_MEAN,
-                                                             augment.CIFAR10_STD))
-    return (x - mean) / std
-  return (x - 0.5) / 0.5
-
-
-def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-  """``augment.translate`` in NCHW: moved by (dy, dx), the border filled by reflection."""
-  pad = max(abs(dy), abs(dx))
-  if pad == 0:
-    return x
-  padded = F.pad(x, (pad,) * 4, mode="reflect")
-  height, width = x.shape[2:]
-  return padded[:, :, pad - dy:pad - dy + height, pad - dx:pad - dx + width]
+def _nchw(x: Any) -> torch.Tensor:
+  """``[N, H, W, C]`` (numpy or JAX) -> a float32 torch ``[N, C, H, W]``."""
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
 
 
 def _crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -78,9 +63,9 @@ def train_and_evaluate(config: Any, train: data.ArraySplit, evaluation: data.Arr
   model = TorchAirbench93(widths=tuple(config.model.widths), classes=config.num_classes)
   for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
     norm.momentum = 1 - config.model.bn_momentum
-  images = _tensor(train.images, config.augment.normalization)
-  labels = torch.from_numpy(train.labels.astype(np.int64))
-  kernel = whitening.whitening_kernel(images[:5000].permute(0, 2, 3, 1).numpy())
+  normalised = np.asarray(augment.normalize(train.images, config.augment.normalization))
+  images, labels = _nchw(normalised), torch.from_numpy(train.labels.astype(np.int64))
+  kernel = whitening.whitening_kernel(normalised[:5000])
   model.whiten.weight.data = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
 
   steps_per_epoch = len(train) // config.batch_size
@@ -141,19 +126,18 @@ def train_and_evaluate(config: Any, train: data.ArraySplit, evaluation: data.Arr
 
 def evaluate(model: torch.nn.Module, config: Any, evaluation: data.ArraySplit,
              batch_size: int = 1000) -> float:
-  """Accuracy with the recipe's test-time views (``augment.tta_views``)."""
+  """Accuracy with the recipe's test-time views (``augment.tta_logits``, the JAX side's)."""
   model.eval()
-  views = augment.tta_views(config.eval_flip, config.eval_translate)
+  apply = lambda x: model(_nchw(x)).numpy()  # noqa: E731  (NHWC views in, logits out)
   correct = 0
   with torch.no_grad():
     for start in range(0, len(evaluation), batch_size):
-      x = _tensor(evaluation.images[start:start + batch_size], config.augment.normalization)
-      logits = 0
-      for weight, shift, mirrored in views:
-        view = _translate(x, shift, shift)
-        logits = logits + weight * model(view.flip(3) if mirrored else view)
-      labels = torch.from_numpy(evaluation.labels[start:start + batch_size].astype(np.int64))
-      correct += int((logits.argmax(1) == labels).sum())
+      images = augment.normalize(evaluation.images[start:start + batch_size],
+                                 config.augment.normalization)
+      logits, _ = augment.tta_logits(apply, images, flip=config.eval_flip,
+                                     shift=config.eval_translate)
+      labels = evaluation.labels[start:start + batch_size]
+      correct += int((np.argmax(logits, axis=1) == labels).sum())
   return correct / len(evaluation)
 
 
